@@ -1,0 +1,1 @@
+"""Test doubles: a fake clock, fake platform servers, recorded payloads."""
