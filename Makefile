@@ -34,7 +34,7 @@ bench: $(STAMP)
 
 ## docs: regenerate docs/reference/config.md from the config models
 docs: $(STAMP)
-	$(PY) -m appliance.config > docs/reference/config.md
+	$(PY) -m appliance.config_reference > docs/reference/config.md
 
 clean:
 	rm -rf $(VENV) .dev-data build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,301 @@
+"""Typed, frozen, strict config: TOML in, `ApplianceConfig` out, problems with file and line.
+
+Validators do no I/O of their own. Secrets given as `{ file = "…" }` or `{ credential = "…" }`
+are read by the reader that `load_config()` passes in through the validation context, so a
+missing secret file is reported like any other problem: with its file, line and key.
+Secret values are `SecretStr` and never appear in logs, errors or `repr()`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+)
+
+from appliance.config_lines import find_line, key_lines
+from appliance.errors import ConfigError, ConfigProblem
+
+DEFAULT_CONFIG_PATH = Path("/etc/appliance/config.toml")
+
+SecretReader = Callable[[str, str], str]
+"""Reads a secret reference: (kind, name) → value, kind being "file" or "credential"."""
+
+
+def _resolve_secret(value: Any, info: ValidationInfo) -> Any:
+    """Accept a literal secret, or a `{file=…}` / `{credential=…}` reference (no I/O here)."""
+    if not isinstance(value, dict):
+        return value
+    if len(value) != 1 or next(iter(value)) not in ("file", "credential"):
+        raise ValueError("a secret is a string, { file = \"PATH\" } or { credential = \"NAME\" }")
+    kind, name = next(iter(value.items()))
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"the secret's {kind} must be a non-empty string")
+    reader = (info.context or {}).get("read_secret")
+    if reader is None:
+        raise ValueError("secret references are resolved only by load_config()")
+    return reader(kind, name)
+
+
+Secret = Annotated[SecretStr, BeforeValidator(_resolve_secret)]
+
+
+class _Section(BaseModel):
+    """Base of every config table: frozen, unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class DeviceConfig(_Section):
+    """This device."""
+
+    name: str = Field(default="appliance", min_length=1, max_length=63,
+                      description="Name shown to people and in fleet status (no unit).")
+    data_dir: Path = Field(default=Path("/data/appliance"),
+                           description="Directory for everything that changes: database, keys, "
+                           "models, tuner profile (a path on the writable data partition).")
+    log_level: LogLevel = Field(default="info", description="Least severe log level written.")
+
+
+class SupervisorConfig(_Section):
+    """How services are started, restarted and stopped (DESIGN §3)."""
+
+    start_deadline_s: float = Field(default=30.0, gt=0, description="Seconds a service may take to "
+                                    "become ready before the next one starts anyway.")
+    stop_deadline_s: float = Field(default=10.0, gt=0, description="Seconds a service may take to "
+                                   "stop after cancellation before it is abandoned.")
+    restart_base_s: float = Field(default=1.0, gt=0,
+                                  description="Seconds before the first restart after a crash.")
+    restart_max_s: float = Field(default=300.0, gt=0,
+                                 description="Upper bound in seconds of the restart backoff.")
+    max_crashes: int = Field(default=5, ge=1, description="Crashes tolerated within "
+                             "`crash_window_s`; one more parks the service (count).")
+    crash_window_s: float = Field(default=600.0, gt=0,
+                                  description="Seconds over which crashes are counted.")
+    parked_retry_s: float = Field(default=3600.0, ge=0, description="Seconds before a parked "
+                                  "service is tried again; 0 keeps it parked until restarted.")
+    max_loop_lag_s: float = Field(default=5.0, gt=0, description="Event-loop lag in seconds "
+                                  "beyond which the systemd watchdog is no longer fed.")
+
+
+class StatusConfig(_Section):
+    """Status LEDs (DESIGN §4). GPIO numbers are BCM numbers."""
+
+    led_pin: int | None = Field(default=17, ge=0, le=53,
+                                description="GPIO of the single status LED; unset for none.")
+    led_pwm: bool = Field(default=True, description="Drive the LED with PWM so the heartbeat "
+                          "fades; off for a plain on/off LED.")
+    rgb_pins: tuple[int, int, int] | None = Field(default=None, description="GPIOs of an RGB "
+                                                  "LED as [red, green, blue]; unset for none.")
+    active_high: bool = Field(default=True, description="True when the LED lights with the pin "
+                              "high (anode on the GPIO, cathode to ground via a resistor).")
+    act_led: bool = Field(default=False,
+                          description="Mirror the pattern on the board's ACT LED through sysfs.")
+    act_led_path: Path = Field(default=Path("/sys/class/leds/ACT"),
+                               description="sysfs directory of the ACT LED.")
+
+
+class ControlConfig(_Section):
+    """The local control socket that `appliance status` reads."""
+
+    socket_path: Path = Field(default=Path("/run/appliance/control.sock"),
+                              description="Unix socket path; readable by the appliance group.")
+
+
+class _AdapterBase(_Section):
+    """Keys every chat adapter has."""
+
+    enabled: bool = Field(default=True, description="Run this adapter.")
+    name: str | None = Field(default=None, description="Instance name when a platform is "
+                             "configured twice; defaults to the type.")
+    allow_from: tuple[str, ...] = Field(default=(), description="Platform user ids allowed to "
+                                        "talk to the bot without pairing (list of strings).")
+
+
+class GatewayAdapterConfig(_AdapterBase):
+    """The local WebSocket gateway (DESIGN §7)."""
+
+    type: Literal["gateway"]
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8765, ge=1, le=65535, description="TCP port to listen on.")
+    token: Secret | None = Field(default=None, description="Bearer token clients must present.")
+    tls_cert_file: Path | None = Field(default=None, description="PEM certificate; enables TLS.")
+    tls_key_file: Path | None = Field(default=None, description="PEM private key for TLS.")
+
+
+class DiscordAdapterConfig(_AdapterBase):
+    """Discord: Gateway v10 and REST."""
+
+    type: Literal["discord"]
+    token: Secret = Field(description="Bot token.")
+    gateway_url: str = Field(default="wss://gateway.discord.gg/?v=10&encoding=json",
+                             description="Gateway WebSocket URL.")
+    api_base: str = Field(default="https://discord.com/api/v10", description="REST base URL.")
+
+
+class TelegramAdapterConfig(_AdapterBase):
+    """Telegram: Bot API long polling."""
+
+    type: Literal["telegram"]
+    token: Secret = Field(description="Bot token from @BotFather.")
+    api_base: str = Field(default="https://api.telegram.org", description="Bot API base URL.")
+    poll_timeout_s: int = Field(default=30, ge=1, le=50,
+                                description="Long-poll timeout in seconds.")
+
+
+AdapterConfig = Annotated[
+    GatewayAdapterConfig | DiscordAdapterConfig | TelegramAdapterConfig,
+    Field(discriminator="type"),
+]
+
+
+class ApplianceConfig(_Section):
+    """The whole config file."""
+
+    device: DeviceConfig = DeviceConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+    status: StatusConfig = StatusConfig()
+    control: ControlConfig = ControlConfig()
+    adapters: tuple[AdapterConfig, ...] = Field(default=(), description="Chat adapters, one "
+                                                "`[[adapters]]` table each, chosen by `type`.")
+
+
+def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> ApplianceConfig:
+    """Read, parse and validate a config file; raise ConfigError naming file, line and key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(str(path), [ConfigProblem(str(path), None, "", str(err))]) from err
+    return parse_config(text, str(path), read_secret=_secret_reader(path, environ or os.environ))
+
+
+def parse_config(text: str, path: str = "<config>", *,
+                 read_secret: SecretReader | None = None) -> ApplianceConfig:
+    """Parse and validate TOML text; `path` is only used in messages."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(path, [_syntax_problem(path, err)]) from err
+    try:
+        return ApplianceConfig.model_validate_json(
+            json.dumps(raw, default=str), strict=True, context={"read_secret": read_secret})
+    except ValidationError as err:
+        lines = key_lines(text)
+        problems = [_problem(path, raw, lines, e) for e in err.errors()]
+        raise ConfigError(path, problems) from None
+
+
+def _syntax_problem(path: str, err: tomllib.TOMLDecodeError) -> ConfigProblem:
+    match = re.search(r"\(at line (\d+), column \d+\)", str(err))
+    message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(err))
+    return ConfigProblem(path, int(match[1]) if match else None, "", f"TOML syntax: {message}")
+
+
+def _problem(path: str, raw: dict[str, Any], lines: dict[tuple[str | int, ...], int],
+             error: Any) -> ConfigProblem:
+    keys = _data_path(raw, tuple(error["loc"]))
+    line = find_line(lines, keys)
+    return ConfigProblem(path, line, _dotted(keys), _message(error, keys))
+
+
+def _data_path(raw: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """The error location as keys of the TOML data (dropping union tags pydantic adds)."""
+    keys: list[str | int] = []
+    node = raw
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node or isinstance(node, list) and \
+                isinstance(part, int) and part < len(node):
+            keys.append(part)
+            node = node[part]  # type: ignore[index]
+        elif i == len(loc) - 1:
+            keys.append(part)
+    return tuple(keys)
+
+
+def _dotted(keys: tuple[str | int, ...]) -> str:
+    text = ""
+    for key in keys:
+        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else str(key))
+    return text
+
+
+def _message(error: dict[str, Any], keys: tuple[str | int, ...]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        guess = difflib.get_close_matches(str(keys[-1]), sorted(_ALL_KEYS), n=1)
+        hint = f"; did you mean {guess[0]!r}?" if guess else ""
+        return f"unknown key{hint} (see docs/reference/config.md)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        return f"unknown adapter type; expected one of {', '.join(_ADAPTER_TYPES)}"
+    message = str(error["msg"])
+    got = error.get("input")
+    if kind.endswith("_type") and got is not None and not isinstance(got, dict):
+        message += f" (got {_toml_type(got)})"
+    return message
+
+
+def _toml_type(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+            list: "an array"}.get(type(value), type(value).__name__)
+
+
+def _secret_reader(config_path: Path, environ: Mapping[str, str]) -> SecretReader:
+    """Read secrets from files (relative to the config) or systemd's credentials directory."""
+
+    def read(kind: str, name: str) -> str:
+        if kind == "credential":
+            directory = environ.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                raise ValueError(f"credential {name!r} needs $CREDENTIALS_DIRECTORY "
+                                 "(systemd LoadCredential=)")
+            if "/" in name or name in (".", ".."):
+                raise ValueError(f"credential name {name!r} must be a plain file name")
+            source = Path(directory) / name
+        else:
+            source = config_path.parent / name
+        try:
+            return source.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"cannot read secret {kind} {str(source)!r}: "
+                             f"{err.strerror if isinstance(err, OSError) else err}") from err
+
+    return read
+
+
+def _collect_keys(model: type[BaseModel], into: set[str]) -> set[str]:
+    for name, info in model.model_fields.items():
+        into.add(name)
+        for sub in _models_in(info.annotation):
+            _collect_keys(sub, into)
+    return into
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The config models an annotation refers to (through unions, tuples and Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
+
+
+_ALL_KEYS = _collect_keys(ApplianceConfig, set())
+_ADAPTER_TYPES = [m.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
+                  for m in _models_in(AdapterConfig)]
