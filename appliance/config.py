@@ -41,7 +41,7 @@ def _resolve_secret(value: Any, info: ValidationInfo) -> Any:
     if not isinstance(value, dict):
         return value
     if len(value) != 1 or next(iter(value)) not in ("file", "credential"):
-        raise ValueError("a secret is a string, { file = \"PATH\" } or { credential = \"NAME\" }")
+        raise ValueError('a secret is a string, { file = "PATH" } or { credential = "NAME" }')
     kind, name = next(iter(value.items()))
     if not isinstance(name, str) or not name:
         raise ValueError(f"the secret's {kind} must be a non-empty string")
@@ -64,69 +64,111 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 class DeviceConfig(_Section):
-    """This device."""
+    """Identity, data location and logging of the device."""
 
-    name: str = Field(default="appliance", min_length=1, max_length=63,
-                      description="Name shown to people and in fleet status (no unit).")
-    data_dir: Path = Field(default=Path("/data/appliance"),
-                           description="Directory for everything that changes: database, keys, "
-                           "models, tuner profile (a path on the writable data partition).")
+    name: str = Field(
+        default="appliance",
+        min_length=1,
+        max_length=63,
+        description="Name shown to people and in fleet status (no unit).",
+    )
+    data_dir: Path = Field(
+        default=Path("/data/appliance"),
+        description="Directory for everything that changes: database, keys, "
+        "models, tuner profile (a path on the writable data partition).",
+    )
     log_level: LogLevel = Field(default="info", description="Least severe log level written.")
 
 
 class SupervisorConfig(_Section):
     """How services are started, restarted and stopped (DESIGN §3)."""
 
-    start_deadline_s: float = Field(default=30.0, gt=0, description="Seconds a service may take to "
-                                    "become ready before the next one starts anyway.")
-    stop_deadline_s: float = Field(default=10.0, gt=0, description="Seconds a service may take to "
-                                   "stop after cancellation before it is abandoned.")
-    restart_base_s: float = Field(default=1.0, gt=0,
-                                  description="Seconds before the first restart after a crash.")
-    restart_max_s: float = Field(default=300.0, gt=0,
-                                 description="Upper bound in seconds of the restart backoff.")
-    max_crashes: int = Field(default=5, ge=1, description="Crashes tolerated within "
-                             "`crash_window_s`; one more parks the service (count).")
-    crash_window_s: float = Field(default=600.0, gt=0,
-                                  description="Seconds over which crashes are counted.")
-    parked_retry_s: float = Field(default=3600.0, ge=0, description="Seconds before a parked "
-                                  "service is tried again; 0 keeps it parked until restarted.")
-    max_loop_lag_s: float = Field(default=5.0, gt=0, description="Event-loop lag in seconds "
-                                  "beyond which the systemd watchdog is no longer fed.")
+    start_deadline_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a service may take to become ready before the next one starts anyway.",
+    )
+    stop_deadline_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a service may take to stop after cancellation before it is abandoned.",
+    )
+    restart_base_s: float = Field(
+        default=1.0, gt=0, description="Seconds before the first restart after a crash."
+    )
+    restart_max_s: float = Field(
+        default=300.0, gt=0, description="Upper bound in seconds of the restart backoff."
+    )
+    max_crashes: int = Field(
+        default=5,
+        ge=1,
+        description="Crashes tolerated within "
+        "`crash_window_s`; one more parks the service (count).",
+    )
+    crash_window_s: float = Field(
+        default=600.0, gt=0, description="Seconds over which crashes are counted."
+    )
+    parked_retry_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="Seconds before a parked "
+        "service is tried again; 0 keeps it parked until restarted.",
+    )
+    max_loop_lag_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Event-loop lag in seconds beyond which the systemd watchdog is no longer fed.",
+    )
 
 
 class StatusConfig(_Section):
     """Status LEDs (DESIGN §4). GPIO numbers are BCM numbers."""
 
-    led_pin: int | None = Field(default=17, ge=0, le=53,
-                                description="GPIO of the single status LED; unset for none.")
-    led_pwm: bool = Field(default=True, description="Drive the LED with PWM so the heartbeat "
-                          "fades; off for a plain on/off LED.")
-    rgb_pins: tuple[int, int, int] | None = Field(default=None, description="GPIOs of an RGB "
-                                                  "LED as [red, green, blue]; unset for none.")
-    active_high: bool = Field(default=True, description="True when the LED lights with the pin "
-                              "high (anode on the GPIO, cathode to ground via a resistor).")
-    act_led: bool = Field(default=False,
-                          description="Mirror the pattern on the board's ACT LED through sysfs.")
-    act_led_path: Path = Field(default=Path("/sys/class/leds/ACT"),
-                               description="sysfs directory of the ACT LED.")
+    led_pin: int | None = Field(
+        default=17, ge=0, le=53, description="GPIO of the single status LED; unset for none."
+    )
+    led_pwm: bool = Field(
+        default=True,
+        description="Drive the LED with PWM so the heartbeat fades; off for a plain on/off LED.",
+    )
+    rgb_pins: tuple[int, int, int] | None = Field(
+        default=None, description="GPIOs of an RGB LED as [red, green, blue]; unset for none."
+    )
+    active_high: bool = Field(
+        default=True,
+        description="True when the LED lights with the pin "
+        "high (anode on the GPIO, cathode to ground via a resistor).",
+    )
+    act_led: bool = Field(
+        default=False, description="Mirror the pattern on the board's ACT LED through sysfs."
+    )
+    act_led_path: Path = Field(
+        default=Path("/sys/class/leds/ACT"), description="sysfs directory of the ACT LED."
+    )
 
 
 class ControlConfig(_Section):
     """The local control socket that `appliance status` reads."""
 
-    socket_path: Path = Field(default=Path("/run/appliance/control.sock"),
-                              description="Unix socket path; readable by the appliance group.")
+    socket_path: Path = Field(
+        default=Path("/run/appliance/control.sock"),
+        description="Unix socket path; readable by the appliance group.",
+    )
 
 
 class _AdapterBase(_Section):
     """Keys every chat adapter has."""
 
     enabled: bool = Field(default=True, description="Run this adapter.")
-    name: str | None = Field(default=None, description="Instance name when a platform is "
-                             "configured twice; defaults to the type.")
-    allow_from: tuple[str, ...] = Field(default=(), description="Platform user ids allowed to "
-                                        "talk to the bot without pairing (list of strings).")
+    name: str | None = Field(
+        default=None,
+        description="Instance name when a platform is configured twice; defaults to the type.",
+    )
+    allow_from: tuple[str, ...] = Field(
+        default=(),
+        description="Platform user ids allowed to "
+        "talk to the bot without pairing (list of strings).",
+    )
 
 
 class GatewayAdapterConfig(_AdapterBase):
@@ -145,8 +187,9 @@ class DiscordAdapterConfig(_AdapterBase):
 
     type: Literal["discord"]
     token: Secret = Field(description="Bot token.")
-    gateway_url: str = Field(default="wss://gateway.discord.gg/?v=10&encoding=json",
-                             description="Gateway WebSocket URL.")
+    gateway_url: str = Field(
+        default="wss://gateway.discord.gg/?v=10&encoding=json", description="Gateway WebSocket URL."
+    )
     api_base: str = Field(default="https://discord.com/api/v10", description="REST base URL.")
 
 
@@ -156,8 +199,9 @@ class TelegramAdapterConfig(_AdapterBase):
     type: Literal["telegram"]
     token: Secret = Field(description="Bot token from @BotFather.")
     api_base: str = Field(default="https://api.telegram.org", description="Bot API base URL.")
-    poll_timeout_s: int = Field(default=30, ge=1, le=50,
-                                description="Long-poll timeout in seconds.")
+    poll_timeout_s: int = Field(
+        default=30, ge=1, le=50, description="Long-poll timeout in seconds."
+    )
 
 
 AdapterConfig = Annotated[
@@ -173,8 +217,9 @@ class ApplianceConfig(_Section):
     supervisor: SupervisorConfig = SupervisorConfig()
     status: StatusConfig = StatusConfig()
     control: ControlConfig = ControlConfig()
-    adapters: tuple[AdapterConfig, ...] = Field(default=(), description="Chat adapters, one "
-                                                "`[[adapters]]` table each, chosen by `type`.")
+    adapters: tuple[AdapterConfig, ...] = Field(
+        default=(), description="Chat adapters, one `[[adapters]]` table each, chosen by `type`."
+    )
 
 
 def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> ApplianceConfig:
@@ -186,8 +231,9 @@ def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Appl
     return parse_config(text, str(path), read_secret=_secret_reader(path, environ or os.environ))
 
 
-def parse_config(text: str, path: str = "<config>", *,
-                 read_secret: SecretReader | None = None) -> ApplianceConfig:
+def parse_config(
+    text: str, path: str = "<config>", *, read_secret: SecretReader | None = None
+) -> ApplianceConfig:
     """Parse and validate TOML text; `path` is only used in messages."""
     try:
         raw = tomllib.loads(text)
@@ -195,7 +241,8 @@ def parse_config(text: str, path: str = "<config>", *,
         raise ConfigError(path, [_syntax_problem(path, err)]) from err
     try:
         return ApplianceConfig.model_validate_json(
-            json.dumps(raw, default=str), strict=True, context={"read_secret": read_secret})
+            json.dumps(raw, default=str), strict=True, context={"read_secret": read_secret}
+        )
     except ValidationError as err:
         lines = key_lines(text)
         problems = [_problem(path, raw, lines, e) for e in err.errors()]
@@ -208,8 +255,9 @@ def _syntax_problem(path: str, err: tomllib.TOMLDecodeError) -> ConfigProblem:
     return ConfigProblem(path, int(match[1]) if match else None, "", f"TOML syntax: {message}")
 
 
-def _problem(path: str, raw: dict[str, Any], lines: dict[tuple[str | int, ...], int],
-             error: Any) -> ConfigProblem:
+def _problem(
+    path: str, raw: dict[str, Any], lines: dict[tuple[str | int, ...], int], error: Any
+) -> ConfigProblem:
     keys = _data_path(raw, tuple(error["loc"]))
     line = find_line(lines, keys)
     return ConfigProblem(path, line, _dotted(keys), _message(error, keys))
@@ -220,8 +268,9 @@ def _data_path(raw: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     keys: list[str | int] = []
     node = raw
     for i, part in enumerate(loc):
-        if isinstance(node, dict) and part in node or isinstance(node, list) and \
-                isinstance(part, int) and part < len(node):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        ):
             keys.append(part)
             node = node[part]  # type: ignore[index]
         elif i == len(loc) - 1:
@@ -254,8 +303,13 @@ def _message(error: dict[str, Any], keys: tuple[str | int, ...]) -> str:
 
 
 def _toml_type(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
-            list: "an array"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        str: "a string",
+        list: "an array",
+    }.get(type(value), type(value).__name__)
 
 
 def _secret_reader(config_path: Path, environ: Mapping[str, str]) -> SecretReader:
@@ -265,8 +319,9 @@ def _secret_reader(config_path: Path, environ: Mapping[str, str]) -> SecretReade
         if kind == "credential":
             directory = environ.get("CREDENTIALS_DIRECTORY")
             if not directory:
-                raise ValueError(f"credential {name!r} needs $CREDENTIALS_DIRECTORY "
-                                 "(systemd LoadCredential=)")
+                raise ValueError(
+                    f"credential {name!r} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)"
+                )
             if "/" in name or name in (".", ".."):
                 raise ValueError(f"credential name {name!r} must be a plain file name")
             source = Path(directory) / name
@@ -275,8 +330,10 @@ def _secret_reader(config_path: Path, environ: Mapping[str, str]) -> SecretReade
         try:
             return source.read_text(encoding="utf-8").rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"cannot read secret {kind} {str(source)!r}: "
-                             f"{err.strerror if isinstance(err, OSError) else err}") from err
+            raise ValueError(
+                f"cannot read secret {kind} {str(source)!r}: "
+                f"{err.strerror if isinstance(err, OSError) else err}"
+            ) from err
 
     return read
 
@@ -297,5 +354,7 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 
 
 _ALL_KEYS = _collect_keys(ApplianceConfig, set())
-_ADAPTER_TYPES = [m.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
-                  for m in _models_in(AdapterConfig)]
+_ADAPTER_TYPES = [
+    m.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
+    for m in _models_in(AdapterConfig)
+]

@@ -54,8 +54,14 @@ def _adapters_section(info: FieldInfo) -> str:
 
 
 def _table(title: str, model: type[BaseModel], *, level: str = "##") -> str:
-    rows = [f"{level} `{title}`", "", (model.__doc__ or "").strip(), "",
-            "| key | type | default | description |", "|---|---|---|---|"]
+    rows = [
+        f"{level} `{title}`",
+        "",
+        (model.__doc__ or "").strip(),
+        "",
+        "| key | type | default | description |",
+        "|---|---|---|---|",
+    ]
     rows += [_row(name, info) for name, info in model.model_fields.items() if name != "type"]
     return "\n".join(rows) + "\n"
 

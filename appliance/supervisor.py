@@ -143,8 +143,10 @@ def derive_state(
         return SupervisorState.IDENTIFY
     if phase is Phase.BOOTING:
         return SupervisorState.BOOTING
-    if any(v.state is ServiceState.PARKED or (v.late and v.state is not ServiceState.READY)
-           for v in views):
+    if any(
+        v.state is ServiceState.PARKED or (v.late and v.state is not ServiceState.READY)
+        for v in views
+    ):
         return SupervisorState.DEGRADED
     for condition, state in _QUIET:
         if condition in conditions:
@@ -176,9 +178,11 @@ class StateBoard:
         self._changed = asyncio.Event()
         return True
 
-    async def wait_changed(self) -> SupervisorState:
-        """Wait for the next change and return the new state."""
-        await self._changed.wait()
+    async def wait_changed(self, seen: SupervisorState | None = None) -> SupervisorState:
+        """Return the state once it differs from `seen` (default: the state now)."""
+        seen = self._value if seen is None else seen
+        while self._value is seen:
+            await self._changed.wait()
         return self._value
 
 
@@ -203,8 +207,15 @@ class _Slot:
         return self.service.name
 
     def view(self) -> ServiceView:
-        return ServiceView(self.name, self.state, self.restarts, self.late, self.healthy,
-                           self.last_error, frozenset(self.conditions))
+        return ServiceView(
+            self.name,
+            self.state,
+            self.restarts,
+            self.late,
+            self.healthy,
+            self.last_error,
+            frozenset(self.conditions),
+        )
 
 
 class _Context:
@@ -330,11 +341,16 @@ class Supervisor:
     async def _start_all(self) -> None:
         for slot in self._slots:
             slot.task = asyncio.create_task(self._keep_running(slot), name=f"service:{slot.name}")
-            settled = await _first_of(slot.settled.wait(), self._clock.sleep(self._start_deadline_s))
+            settled = await _first_of(
+                slot.settled.wait(), self._clock.sleep(self._start_deadline_s)
+            )
             if not settled:
                 slot.late = True
-                _LOGGER.warning("Service %s not ready within %.0f s; starting the next one",
-                                slot.name, self._start_deadline_s)
+                _LOGGER.warning(
+                    "Service %s not ready within %.0f s; starting the next one",
+                    slot.name,
+                    self._start_deadline_s,
+                )
                 self._refresh()
 
     async def stop(self) -> None:
@@ -355,15 +371,22 @@ class Supervisor:
     async def _stop_one(self, slot: _Slot) -> None:
         task = slot.task
         if task is None or task.done():
-            slot.state = ServiceState.STOPPED if slot.state is not ServiceState.PENDING else slot.state
+            slot.state = (
+                ServiceState.STOPPED if slot.state is not ServiceState.PENDING else slot.state
+            )
             return
         task.cancel()
-        if await _first_of(asyncio.shield(_finished(task)), self._clock.sleep(self._stop_deadline_s)):
+        if await _first_of(
+            asyncio.shield(_finished(task)), self._clock.sleep(self._stop_deadline_s)
+        ):
             slot.state = ServiceState.STOPPED
             return
         slot.state = ServiceState.ABANDONED
-        _LOGGER.warning("Service %s ignored cancellation for %.0f s; abandoning it",
-                        slot.name, self._stop_deadline_s)
+        _LOGGER.warning(
+            "Service %s ignored cancellation for %.0f s; abandoning it",
+            slot.name,
+            self._stop_deadline_s,
+        )
 
     async def _keep_running(self, slot: _Slot) -> None:
         while True:
@@ -379,7 +402,9 @@ class Supervisor:
                 continue
             slot.state = ServiceState.BACKOFF
             self._refresh()
-            _LOGGER.warning("Service %s crashed (%s); restarting in %.1f s", slot.name, error, delay_s)
+            _LOGGER.warning(
+                "Service %s crashed (%s); restarting in %.1f s", slot.name, error, delay_s
+            )
             await self._clock.sleep(delay_s)
             slot.restarts += 1
 
@@ -410,8 +435,13 @@ class Supervisor:
     async def _park(self, slot: _Slot) -> None:
         slot.state = ServiceState.PARKED
         slot.settled.set()
-        _LOGGER.error("Service %s crashed %d times in %.0f s; parked (last error: %s)",
-                      slot.name, len(slot.crashes), self._policy.window_s, slot.last_error)
+        _LOGGER.error(
+            "Service %s crashed %d times in %.0f s; parked (last error: %s)",
+            slot.name,
+            len(slot.crashes),
+            self._policy.window_s,
+            slot.last_error,
+        )
         self._refresh()
         if self._policy.parked_retry_s <= 0:
             await asyncio.Event().wait()

@@ -63,7 +63,8 @@ def test_good_file_parses_into_typed_frozen_models() -> None:
 
 def test_unknown_key_is_refused_with_file_line_and_key() -> None:
     assert problems("[device]\nname = 'a'\nnmae = 'b'\n") == [
-        (3, "device.nmae", "unknown key; did you mean 'name'? (see docs/reference/config.md)")]
+        (3, "device.nmae", "unknown key; did you mean 'name'? (see docs/reference/config.md)")
+    ]
 
 
 def test_unknown_table_is_refused() -> None:
@@ -74,27 +75,29 @@ def test_unknown_table_is_refused() -> None:
 
 def test_wrong_type_is_refused_with_file_line_and_key() -> None:
     assert problems("[status]\nled_pin = 'seventeen'\n") == [
-        (2, "status.led_pin", "Input should be a valid integer (got a string)")]
+        (2, "status.led_pin", "Input should be a valid integer (got a string)")
+    ]
 
 
 def test_string_is_not_silently_turned_into_a_number() -> None:
-    [(_, key, _)] = problems("[supervisor]\nmax_crashes = \"5\"\n")
+    [(_, key, _)] = problems('[supervisor]\nmax_crashes = "5"\n')
     assert key == "supervisor.max_crashes"
 
 
 def test_error_in_the_second_adapter_names_its_index_and_line() -> None:
-    text = GOOD + "\n[[adapters]]\ntype = \"telegram\"\ntoken = \"t\"\npoll_timeout_s = 99\n"
+    text = GOOD + '\n[[adapters]]\ntype = "telegram"\ntoken = "t"\npoll_timeout_s = 99\n'
     assert problems(text) == [
-        (21, "adapters[2].poll_timeout_s", "Input should be less than or equal to 50")]
+        (21, "adapters[2].poll_timeout_s", "Input should be less than or equal to 50")
+    ]
 
 
 def test_missing_required_key_points_at_its_table() -> None:
-    text = "[[adapters]]\ntype = \"gateway\"\n\n[[adapters]]\ntype = \"telegram\"\n"
+    text = '[[adapters]]\ntype = "gateway"\n\n[[adapters]]\ntype = "telegram"\n'
     assert problems(text) == [(4, "adapters[1].token", "required key is missing")]
 
 
 def test_unknown_adapter_type() -> None:
-    [(line, key, message)] = problems("[[adapters]]\ntype = \"irc\"\n")
+    [(line, key, message)] = problems('[[adapters]]\ntype = "irc"\n')
     assert (line, key) == (1, "adapters[0]")
     assert "gateway, discord, telegram" in message
 
@@ -102,7 +105,10 @@ def test_unknown_adapter_type() -> None:
 def test_several_problems_are_all_reported() -> None:
     found = problems("[device]\nlog_level = 'loud'\n[status]\nled_pin = -1\nbogus = 1\n")
     assert [(line, key) for line, key, _ in found] == [
-        (2, "device.log_level"), (4, "status.led_pin"), (5, "status.bogus")]
+        (2, "device.log_level"),
+        (4, "status.led_pin"),
+        (5, "status.bogus"),
+    ]
 
 
 def test_broken_toml_is_refused_with_its_line() -> None:
@@ -141,8 +147,11 @@ def test_secrets_from_a_file_and_from_the_credentials_directory(tmp_path: Path) 
     creds.mkdir()
     write(creds / "tg", "telegram-secret\n")
     write(tmp_path / "discord.token", "discord-secret\n")
-    write(tmp_path / "config.toml", "[[adapters]]\ntype = 'discord'\ntoken = { file = 'discord.token' }\n"
-          "[[adapters]]\ntype = 'telegram'\ntoken = { credential = 'tg' }\n")
+    write(
+        tmp_path / "config.toml",
+        "[[adapters]]\ntype = 'discord'\ntoken = { file = 'discord.token' }\n"
+        "[[adapters]]\ntype = 'telegram'\ntoken = { credential = 'tg' }\n",
+    )
     config = load_config(tmp_path / "config.toml", environ={"CREDENTIALS_DIRECTORY": str(creds)})
     discord, telegram = config.adapters
     assert isinstance(discord, DiscordAdapterConfig)
@@ -151,7 +160,10 @@ def test_secrets_from_a_file_and_from_the_credentials_directory(tmp_path: Path) 
 
 
 def test_unreadable_secret_is_a_problem_with_line(tmp_path: Path) -> None:
-    write(tmp_path / "config.toml", "[[adapters]]\ntype = 'telegram'\n\ntoken = { credential = 'tg' }\n")
+    write(
+        tmp_path / "config.toml",
+        "[[adapters]]\ntype = 'telegram'\n\ntoken = { credential = 'tg' }\n",
+    )
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "config.toml", environ={})
     [problem] = info.value.problems
@@ -202,8 +214,13 @@ def test_any_text_parses_or_is_refused_cleanly(text: str) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.dictionaries(st.sampled_from(["name", "nmae", "data_dir", "log_level", "x"]),
-                       st.one_of(st.integers(), st.text(max_size=5), st.booleans()), max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(["name", "nmae", "data_dir", "log_level", "x"]),
+        st.one_of(st.integers(), st.text(max_size=5), st.booleans()),
+        max_size=4,
+    )
+)
 def test_every_problem_has_a_line(table: dict[str, object]) -> None:
     import json
 

@@ -25,10 +25,13 @@ from tests.fakes.notifier import RecordingNotifier
 from tests.fakes.services import CrashingService, ReadyService, SilentService, StubbornService
 
 
-def make(services: list[Service], clock: FakeClock, **kwargs: object) -> tuple[Supervisor, RecordingNotifier]:
+def make(
+    services: list[Service], clock: FakeClock, **kwargs: object
+) -> tuple[Supervisor, RecordingNotifier]:
     notifier = RecordingNotifier()
-    sup = Supervisor(services, clock=clock, notifier=notifier, board=StateBoard(),
-                     rng=random.Random(7), **kwargs)  # type: ignore[arg-type]
+    sup = Supervisor(
+        services, clock=clock, notifier=notifier, board=StateBoard(), rng=random.Random(7), **kwargs
+    )  # type: ignore[arg-type]
     return sup, notifier
 
 
@@ -66,7 +69,9 @@ async def test_next_service_waits_for_the_previous_one_to_be_ready(clock: FakeCl
     await stop(sup, task, clock)
 
 
-async def test_crashed_service_restarts_with_backoff_and_others_keep_running(clock: FakeClock) -> None:
+async def test_crashed_service_restarts_with_backoff_and_others_keep_running(
+    clock: FakeClock,
+) -> None:
     log: list[str] = []
     steady, flaky = ReadyService("steady", log), CrashingService("flaky", crashes=1)
     sup, _ = make([steady, flaky], clock)
@@ -107,8 +112,9 @@ async def test_backoff_grows_between_crashes(clock: FakeClock) -> None:
 async def test_service_crashing_too_often_is_parked_and_state_degraded(clock: FakeClock) -> None:
     log: list[str] = []
     doomed = CrashingService("doomed", crashes=1000)
-    sup, _ = make([ReadyService("ok", log), doomed], clock,
-                  policy=RestartPolicy(max_crashes=3, window_s=600))
+    sup, _ = make(
+        [ReadyService("ok", log), doomed], clock, policy=RestartPolicy(max_crashes=3, window_s=600)
+    )
     task = asyncio.create_task(sup.run(handle_signals=False))
     await clock.run_until(lambda: sup.views()[1].state is ServiceState.PARKED, step_s=0.5)
     assert doomed.runs == 4  # three crashes are tolerated, the fourth parks it
@@ -144,7 +150,9 @@ async def test_restart_service_unparks(clock: FakeClock) -> None:
     await stop(sup, task, clock)
 
 
-async def test_service_ignoring_cancellation_is_abandoned_after_its_deadline(clock: FakeClock) -> None:
+async def test_service_ignoring_cancellation_is_abandoned_after_its_deadline(
+    clock: FakeClock,
+) -> None:
     log: list[str] = []
     stubborn = StubbornService()
     sup, _ = make([ReadyService("first", log), stubborn], clock, stop_deadline_s=10)
@@ -265,11 +273,12 @@ async def test_sigterm_stops_cleanly_with_exit_code_zero() -> None:
     from appliance.clock import SystemClock
 
     log: list[str] = []
-    sup = Supervisor([ReadyService("a", log)], clock=SystemClock(), notifier=RecordingNotifier(),
-                     board=StateBoard())
+    board = StateBoard()
+    sup = Supervisor(
+        [ReadyService("a", log)], clock=SystemClock(), notifier=RecordingNotifier(), board=board
+    )
     task = asyncio.create_task(sup.run())
-    while sup.state is not SupervisorState.READY:
-        await asyncio.sleep(0.01)
+    assert await asyncio.wait_for(board.wait_changed(), 5) is SupervisorState.READY
     os.kill(os.getpid(), signal.SIGTERM)
     assert await asyncio.wait_for(task, 5) == 0
     assert log == ["start a", "stop a"]
@@ -279,8 +288,17 @@ def test_snapshot_reports_services(clock: FakeClock) -> None:
     sup, _ = make([ReadyService("a", [])], clock)
     snap = sup.snapshot()
     assert snap["state"] == "booting"
-    assert snap["services"] == [{"name": "a", "state": "pending", "restarts": 0, "late": False,
-                                 "healthy": True, "last_error": None, "conditions": []}]
+    assert snap["services"] == [
+        {
+            "name": "a",
+            "state": "pending",
+            "restarts": 0,
+            "late": False,
+            "healthy": True,
+            "last_error": None,
+            "conditions": [],
+        }
+    ]
 
 
 def test_duplicate_service_names_are_refused(clock: FakeClock) -> None:
@@ -288,8 +306,12 @@ def test_duplicate_service_names_are_refused(clock: FakeClock) -> None:
         make([ReadyService("a", []), ReadyService("a", [])], clock)
 
 
-def view(state: ServiceState = ServiceState.READY, *, late: bool = False,
-         conditions: frozenset[Condition] = frozenset()) -> ServiceView:
+def view(
+    state: ServiceState = ServiceState.READY,
+    *,
+    late: bool = False,
+    conditions: frozenset[Condition] = frozenset(),
+) -> ServiceView:
     return ServiceView("s", state, 0, late, True, None, conditions)
 
 
@@ -301,22 +323,48 @@ def view(state: ServiceState = ServiceState.READY, *, late: bool = False,
         (Phase.RUNNING, [view(), view(ServiceState.PARKED)], False, SupervisorState.DEGRADED),
         (Phase.RUNNING, [view(ServiceState.STARTING, late=True)], False, SupervisorState.DEGRADED),
         (Phase.RUNNING, [view(ServiceState.BACKOFF)], False, SupervisorState.READY),
-        (Phase.RUNNING, [view(conditions=frozenset({Condition.OFFLINE}))], False,
-         SupervisorState.OFFLINE),
-        (Phase.RUNNING, [view(conditions=frozenset({Condition.OFFLINE, Condition.SETUP}))], False,
-         SupervisorState.SETUP),
-        (Phase.RUNNING, [view(ServiceState.PARKED), view(conditions=frozenset({Condition.SETUP}))],
-         False, SupervisorState.DEGRADED),
-        (Phase.RUNNING, [view(conditions=frozenset({Condition.UPDATING}))], True,
-         SupervisorState.UPDATING),
+        (
+            Phase.RUNNING,
+            [view(conditions=frozenset({Condition.OFFLINE}))],
+            False,
+            SupervisorState.OFFLINE,
+        ),
+        (
+            Phase.RUNNING,
+            [view(conditions=frozenset({Condition.OFFLINE, Condition.SETUP}))],
+            False,
+            SupervisorState.SETUP,
+        ),
+        (
+            Phase.RUNNING,
+            [view(ServiceState.PARKED), view(conditions=frozenset({Condition.SETUP}))],
+            False,
+            SupervisorState.DEGRADED,
+        ),
+        (
+            Phase.RUNNING,
+            [view(conditions=frozenset({Condition.UPDATING}))],
+            True,
+            SupervisorState.UPDATING,
+        ),
         (Phase.RUNNING, [view(ServiceState.PARKED)], True, SupervisorState.IDENTIFY),
-        (Phase.BOOTING, [view(conditions=frozenset({Condition.ERROR}))], False, SupervisorState.ERROR),
-        (Phase.STOPPING, [view(conditions=frozenset({Condition.ERROR}))], True,
-         SupervisorState.STOPPING),
+        (
+            Phase.BOOTING,
+            [view(conditions=frozenset({Condition.ERROR}))],
+            False,
+            SupervisorState.ERROR,
+        ),
+        (
+            Phase.STOPPING,
+            [view(conditions=frozenset({Condition.ERROR}))],
+            True,
+            SupervisorState.STOPPING,
+        ),
     ],
 )
-def test_derive_state_priorities(phase: Phase, views: list[ServiceView], identify: bool,
-                                 expected: SupervisorState) -> None:
+def test_derive_state_priorities(
+    phase: Phase, views: list[ServiceView], identify: bool, expected: SupervisorState
+) -> None:
     assert derive_state(phase, views, identify=identify) is expected
 
 

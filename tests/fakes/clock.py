@@ -54,7 +54,9 @@ class FakeClock:
         self._now = target
         await settle()
 
-    async def run_until(self, predicate: object, *, step_s: float = 0.1, limit_s: float = 3600) -> None:
+    async def run_until(
+        self, predicate: object, *, step_s: float = 0.1, limit_s: float = 3600
+    ) -> None:
         """Advance in steps until `predicate()` is true; fail after `limit_s` of fake time."""
         assert callable(predicate)
         spent = 0.0

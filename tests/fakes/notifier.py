@@ -9,8 +9,8 @@ class RecordingNotifier:
     def __init__(self) -> None:
         self.messages: list[str] = []
 
-    def ready(self) -> None:
-        self.messages.append("READY=1")
+    def ready(self, status: str | None = None) -> None:
+        self.messages.append("READY=1" if status is None else f"READY=1\nSTATUS={status}")
 
     def status(self, text: str) -> None:
         self.messages.append(f"STATUS={text}")

@@ -1,0 +1,195 @@
+"""The `appliance` command: argument parsing and output only; the work is done elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from appliance import __version__
+from appliance.config import DEFAULT_CONFIG_PATH, ApplianceConfig, load_config
+from appliance.errors import ConfigError, ControlError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_CONFIG = 78  # EX_CONFIG: the unit's RestartPreventExitStatus= stops systemd retrying
+
+_DESCRIPTION = """\
+The Raspberry Pi chat appliance: answers chat messages with local int8 inference, reports to a
+fleet over MQTT and shows its state on status LEDs. `appliance run` is what systemd starts;
+the other commands inspect a config or the running instance."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appliance", description=_DESCRIPTION)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run the appliance until SIGTERM or Ctrl-C",
+        description="Start every service in order and keep them running. "
+        "Stops cleanly (exit code 0) on SIGTERM or Ctrl-C.",
+    )
+    _config_options(run)
+
+    status = commands.add_parser(
+        "status",
+        help="show the running instance's state",
+        description="Ask the running appliance over its control socket "
+        "for its state, LED pattern and each service's state and restarts.",
+    )
+    _config_options(status)
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config file",
+        description="Parse and validate a config file; print every "
+        "problem with its file, line and key. Exit code 2 when invalid.",
+    )
+    check.add_argument("path", type=Path, help="the TOML file to check")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+
+    version = commands.add_parser(
+        "version", help="print the version", description="Print the appliance and Python versions."
+    )
+    version.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help=f"config file (default {DEFAULT_CONFIG_PATH}; none in --dev mode)",
+    )
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="dev mode: embedded defaults, mock pins, LED shown in the terminal, "
+        "data under the checkout's .dev-data/",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `appliance` console script."""
+    args = _parser().parse_args(argv)
+    handler = {"run": _run, "status": _status, "check-config": _check_config, "version": _version}[
+        args.command
+    ]
+    try:
+        return handler(args)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return EXIT_CONFIG if args.command == "run" else EXIT_USAGE
+    except ControlError as err:
+        print(f"appliance: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _load(args: argparse.Namespace) -> ApplianceConfig:
+    from appliance.bootstrap import checkout_dir, dev_config
+
+    if args.dev:
+        config = load_config(args.config) if args.config else ApplianceConfig()
+        return dev_config(config, checkout_dir())
+    return load_config(args.config or DEFAULT_CONFIG_PATH)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from appliance import bootstrap
+
+    config = _load(args)
+    _configure_logging(config.device.log_level, dev=args.dev)
+    ports = bootstrap.device_ports(os.environ, dev=args.dev)
+    logging.getLogger("appliance").info(
+        "Appliance %s starting%s", __version__, " in dev mode" if args.dev else ""
+    )
+    return asyncio.run(bootstrap.run(config, ports))
+
+
+def _configure_logging(level: str, *, dev: bool) -> None:
+    """Journald adds its own timestamps; a terminal gets them from us."""
+    under_journal = "JOURNAL_STREAM" in os.environ and not dev
+    fmt = (
+        "%(levelname)s %(name)s: %(message)s"
+        if under_journal
+        else "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    logging.basicConfig(level=level.upper(), format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from appliance.control import request
+
+    config = _load(args)
+    report = request(config.control.socket_path, "status")
+    print(json.dumps(report, indent=2) if args.json else render_status(report))
+    return EXIT_OK
+
+
+def render_status(report: dict[str, Any]) -> str:
+    """The status report as a short human-readable table."""
+    watchdog = report["watchdog"]
+    lines = [
+        f"{report['device']}: {report['state']} (LED: {report['led']})",
+        f"version {report['version']}, pid {report['pid']}, up {_duration(report['uptime_s'])}, "
+        f"watchdog {'healthy' if watchdog['healthy'] else 'WITHHELD'}"
+        f"{'' if watchdog['enabled'] else ' (off: not under systemd)'}",
+        "",
+        f"{'SERVICE':<12} {'STATE':<10} {'RESTARTS':>8}  LAST ERROR",
+    ]
+    for svc in report["services"]:
+        lines.append(
+            f"{svc['name']:<12} {svc['state']:<10} {svc['restarts']:>8}  "
+            f"{svc['last_error'] or ''}".rstrip()
+        )
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        load_config(args.path)
+    except ConfigError as err:
+        if args.json:
+            print(
+                json.dumps(
+                    {"ok": False, "code": err.code, "problems": [p.as_dict() for p in err.problems]}
+                )
+            )
+        else:
+            print(err, file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps({"ok": True, "path": str(args.path)}) if args.json else f"{args.path}: OK")
+    return EXIT_OK
+
+
+def _version(args: argparse.Namespace) -> int:
+    info = {
+        "appliance": __version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+    print(
+        json.dumps(info)
+        if args.json
+        else f"appliance {__version__} (Python {info['python']}, {info['machine']})"
+    )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

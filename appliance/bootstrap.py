@@ -1,0 +1,164 @@
+"""Composition root: builds every object from config and ports, and nothing else does.
+
+Each class receives only what it uses. This is the one module that knows every service; it
+reads the process environment (`$NOTIFY_SOCKET`, `$WATCHDOG_USEC`) so nothing else has to.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from appliance import __version__
+from appliance.clock import Clock, SystemClock
+from appliance.config import ApplianceConfig, StatusConfig
+from appliance.control import Command, ControlServer
+from appliance.status.leds import (
+    GpioLed,
+    GpioRgbLed,
+    LedSink,
+    StatusLeds,
+    SysfsLed,
+    TerminalLed,
+    make_pin_factory,
+)
+from appliance.status.patterns import pattern_for
+from appliance.store import StoreService
+from appliance.supervisor import RestartPolicy, Service, StateBoard, Supervisor
+from appliance.systemd import Notifier, NullNotifier, from_environ
+
+_LOGGER = logging.getLogger(__name__)
+
+DEV_DATA_DIR_NAME = ".dev-data"
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Everything outside the process that the appliance touches, injectable for tests."""
+
+    clock: Clock
+    pin_factory: Any
+    notifier: Notifier
+    watchdog_interval_s: float | None = None
+    console: TextIO | None = None
+
+
+def device_ports(environ: Mapping[str, str], *, dev: bool) -> Ports:
+    """The real ports: system clock, GPIO (mock pins in dev mode), systemd if present."""
+    notifier = from_environ(environ)
+    return Ports(
+        clock=SystemClock(),
+        pin_factory=make_pin_factory(mock=dev),
+        notifier=notifier or NullNotifier(),
+        watchdog_interval_s=notifier.watchdog_interval_s if notifier else None,
+        console=sys.stdout if dev else None,
+    )
+
+
+def dev_config(config: ApplianceConfig, checkout: Path) -> ApplianceConfig:
+    """Dev-mode overrides: data and socket under the checkout, no sysfs LED."""
+    data_dir = checkout / DEV_DATA_DIR_NAME
+    return config.model_copy(
+        update={
+            "device": config.device.model_copy(update={"data_dir": data_dir}),
+            "control": config.control.model_copy(update={"socket_path": data_dir / "control.sock"}),
+            "status": config.status.model_copy(update={"act_led": False}),
+        }
+    )
+
+
+def checkout_dir() -> Path:
+    """The source checkout this package runs from, or the working directory."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() else Path.cwd()
+
+
+def build(config: ApplianceConfig, ports: Ports) -> Supervisor:
+    """Build the supervisor and every service, in start order."""
+    board = StateBoard()
+    commands: dict[str, Command] = {}
+    services: list[Service] = [
+        StatusLeds(board, ports.clock, _led_sinks(config.status, ports)),
+        ControlServer(config.control.socket_path, commands),
+        StoreService(config.device.data_dir / "appliance.db"),
+    ]
+    supervisor = _supervisor(config, ports, board, services)
+    commands["status"] = lambda _args: status_report(config, supervisor)
+    return supervisor
+
+
+def _supervisor(
+    config: ApplianceConfig, ports: Ports, board: StateBoard, services: list[Service]
+) -> Supervisor:
+    cfg = config.supervisor
+    policy = RestartPolicy(
+        base_s=cfg.restart_base_s,
+        max_s=cfg.restart_max_s,
+        max_crashes=cfg.max_crashes,
+        window_s=cfg.crash_window_s,
+        parked_retry_s=cfg.parked_retry_s,
+    )
+    return Supervisor(
+        services,
+        clock=ports.clock,
+        notifier=ports.notifier,
+        board=board,
+        policy=policy,
+        start_deadline_s=cfg.start_deadline_s,
+        stop_deadline_s=cfg.stop_deadline_s,
+        watchdog_interval_s=ports.watchdog_interval_s,
+        max_loop_lag_s=cfg.max_loop_lag_s,
+    )
+
+
+def _led_sinks(cfg: StatusConfig, ports: Ports) -> list[LedSink]:
+    sinks: list[LedSink] = []
+    if cfg.led_pin is not None and ports.pin_factory is not None:
+        sinks.append(
+            GpioLed(
+                cfg.led_pin,
+                pin_factory=ports.pin_factory,
+                pwm=cfg.led_pwm,
+                active_high=cfg.active_high,
+            )
+        )
+    if cfg.rgb_pins is not None and ports.pin_factory is not None:
+        sinks.append(
+            GpioRgbLed(*cfg.rgb_pins, pin_factory=ports.pin_factory, active_high=cfg.active_high)
+        )
+    if cfg.act_led:
+        sinks.append(SysfsLed(cfg.act_led_path))
+    if ports.console is not None:
+        sinks.append(TerminalLed(ports.console))
+    return sinks
+
+
+def status_report(config: ApplianceConfig, supervisor: Supervisor) -> dict[str, Any]:
+    """What `appliance status` shows: the supervisor's snapshot, the LED pattern, identity."""
+    snapshot = supervisor.snapshot()
+    return {
+        "device": config.device.name,
+        "version": __version__,
+        "pid": os.getpid(),
+        "led": pattern_for(supervisor.state).name,
+        **snapshot,
+    }
+
+
+async def run(config: ApplianceConfig, ports: Ports) -> int:
+    """Run the appliance until SIGTERM/SIGINT; the process exit code."""
+    supervisor = build(config, ports)
+    code = await supervisor.run()
+    ports.notifier.close()
+    if supervisor.abandoned:
+        # A service that ignores cancellation would hang the interpreter's shutdown forever.
+        _LOGGER.error("Exiting without waiting for %s", ", ".join(supervisor.abandoned))
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    return code

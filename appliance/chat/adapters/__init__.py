@@ -1,0 +1,1 @@
+"""One module per chat platform: its config model and its code (DESIGN §7)."""
