@@ -123,6 +123,8 @@ def _configure_logging(level: str, *, dev: bool) -> None:
         if under_journal
         else "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
+    if dev and sys.stderr.isatty():
+        fmt = "\r\x1b[K" + fmt  # start over the terminal LED's line instead of after it
     logging.basicConfig(level=level.upper(), format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
 
 

@@ -19,9 +19,8 @@ from appliance.status.leds import (
     make_pin_factory,
 )
 from appliance.status.patterns import Pattern, color_for, level_at, pattern_for
-from appliance.supervisor import SupervisorState
+from appliance.supervisor import StateBoard, SupervisorState
 from tests.fakes.clock import FakeClock
-from tests.status.fake_states import FakeStates
 
 PIN = 17
 RGB_PINS = (5, 6, 13)
@@ -40,12 +39,12 @@ class Runner:
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
-        self.states = FakeStates(SupervisorState.BOOTING)
+        self.states = StateBoard(SupervisorState.BOOTING)
         self.ctx = FakeContext()
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self, state: SupervisorState, *sinks: LedSink) -> asyncio.Task[None]:
-        self.states.set(state)
+        self.states.publish(state)
         self.tasks.append(
             asyncio.create_task(StatusLeds(self.states, self.clock, sinks).run(self.ctx))
         )
@@ -53,7 +52,7 @@ class Runner:
         return self.tasks[-1]
 
     async def change(self, state: SupervisorState) -> None:
-        self.states.set(state)
+        self.states.publish(state)
         await self.clock.advance(0)
 
     async def stop(self) -> None:
