@@ -24,13 +24,13 @@ test: $(STAMP)
 
 ## lint: ruff and mypy --strict
 lint: $(STAMP)
-	$(VENV)/bin/ruff check appliance provisioning tests
-	$(VENV)/bin/ruff format --check appliance provisioning tests
+	$(VENV)/bin/ruff check appliance provisioning tests bench
+	$(VENV)/bin/ruff format --check appliance provisioning tests bench
 	$(VENV)/bin/mypy
 
 ## bench: speed and memory benchmarks, as ratios against a baseline measured in the same run
 bench: $(STAMP)
-	$(PY) -m appliance.bench
+	$(PY) -m bench
 
 ## docs: regenerate docs/reference/config.md from the config models
 docs: $(STAMP)

@@ -182,3 +182,37 @@ def test_render_status_shows_each_service() -> None:
     assert "d: degraded (LED: long-short)" in text
     assert "up 1h02m05s" in text
     assert "engine       parked            5  RuntimeError: boom" in text
+
+
+@pytest.mark.integration
+def test_run_under_systemd_notifies_ready_watchdog_and_stopping(short_dir: Path) -> None:
+    import socket
+    import uuid
+
+    name = f"appliance-notify-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind("\0" + name)
+        notify.settimeout(10)
+        env = {**os.environ, "NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "1000000"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "run", "--config", str(dev_config(short_dir))],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            messages: list[str] = []
+            while messages.count("WATCHDOG=1") < 2:
+                messages.append(notify.recv(4096).decode())
+            proc.send_signal(signal.SIGTERM)
+            while "STOPPING=1" not in messages:
+                messages.append(notify.recv(4096).decode())
+            assert proc.wait(timeout=5) == 0
+        finally:
+            proc.kill()
+            proc.communicate()
+    assert messages[0].startswith("READY=1")
+    assert any(m.startswith("STATUS=ready: 3/3 services ready") for m in messages)
+    assert messages.index("STOPPING=1") > messages.index("WATCHDOG=1")
