@@ -62,18 +62,22 @@ def wait_for_ready(sock: Path, proc: subprocess.Popen[str]) -> dict[str, object]
     raise AssertionError("appliance did not become ready")
 
 
-@pytest.mark.integration
-def test_run_reaches_ready_answers_status_and_stops_on_sigterm(short_dir: Path) -> None:
-    config = dev_config(short_dir)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "run", "--config", str(config)],
+def start(*args: str, **env: str) -> subprocess.Popen[str]:
+    """`appliance run ARGS` as a child process, with output captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "appliance", "run", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
     )
+
+
+@pytest.mark.integration
+def test_run_reaches_ready_answers_status_and_stops_on_sigterm(short_dir: Path) -> None:
+    config = dev_config(short_dir)
+    proc = start("--config", str(config))
     try:
         # Not a Pi and not --dev: the LED pin factory is unavailable and the appliance says so,
         # but still runs.
@@ -103,16 +107,7 @@ def test_run_reaches_ready_answers_status_and_stops_on_sigterm(short_dir: Path) 
 
 @pytest.mark.integration
 def test_dev_mode_shows_the_led_in_the_terminal_and_stops_on_ctrl_c() -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # --dev keeps its data under the checkout, as `make run` does.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "run", "--dev"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = start("--dev")  # data under the checkout's .dev-data/, as `make run` does
     try:
         wait_for_ready(ROOT / ".dev-data" / "control.sock", proc)
         proc.send_signal(signal.SIGINT)
@@ -193,14 +188,11 @@ def test_run_under_systemd_notifies_ready_watchdog_and_stopping(short_dir: Path)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind("\0" + name)
         notify.settimeout(10)
-        env = {**os.environ, "NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "1000000"}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "run", "--config", str(dev_config(short_dir))],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
+        proc = start(
+            "--config",
+            str(dev_config(short_dir)),
+            NOTIFY_SOCKET="@" + name,
+            WATCHDOG_USEC="1000000",
         )
         try:
             messages: list[str] = []
