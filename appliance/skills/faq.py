@@ -33,7 +33,8 @@ class FaqEntry:
 def parse_faq(markdown: str, where: str = "<faq>") -> list[FaqEntry]:
     """Entries in file order; headings without an answer are an error naming their line."""
     entries: list[FaqEntry] = []
-    question, start, body = None, 0, []
+    question: str | None = None
+    start, body = 0, list[str]()
     for lineno, line in enumerate([*markdown.splitlines(), "## "], start=1):
         if not line.startswith("## "):
             if question is not None:

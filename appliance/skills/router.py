@@ -32,7 +32,7 @@ def normalize(vectors: npt.ArrayLike) -> Vectors:
     """Rows scaled to unit length (zero rows stay zero)."""
     array = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
     norms = np.linalg.norm(array, axis=1, keepdims=True)
-    result: Vectors = array / np.where(norms == 0, 1.0, norms)
+    result: Vectors = (array / np.where(norms == 0, 1.0, norms)).astype(np.float32)
     return result
 
 
