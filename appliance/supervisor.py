@@ -13,7 +13,7 @@ import logging
 import random
 import signal
 from collections import deque
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -270,6 +270,7 @@ class Supervisor:
         watchdog_interval_s: float | None = None,
         max_loop_lag_s: float = 5.0,
         rng: random.Random | None = None,
+        on_alert: Callable[[str, str], None] | None = None,
     ) -> None:
         names = [s.name for s in services]
         if len(set(names)) != len(names):
@@ -279,6 +280,7 @@ class Supervisor:
         self._start_deadline_s, self._stop_deadline_s = start_deadline_s, stop_deadline_s
         self._watchdog_interval_s, self._max_loop_lag_s = watchdog_interval_s, max_loop_lag_s
         self._rng = rng or random.Random()
+        self._alert = on_alert or (lambda _kind, _message: None)
         self._phase = Phase.BOOTING
         self._identify_until = 0.0
         self._loop_healthy = True
@@ -402,6 +404,7 @@ class Supervisor:
                 continue
             slot.state = ServiceState.BACKOFF
             self._refresh()
+            self._alert("service_crashed", f"Service {slot.name} crashed ({error}); restarting")
             _LOGGER.warning(
                 "Service %s crashed (%s); restarting in %.1f s", slot.name, error, delay_s
             )
@@ -435,6 +438,7 @@ class Supervisor:
     async def _park(self, slot: _Slot) -> None:
         slot.state = ServiceState.PARKED
         slot.settled.set()
+        self._alert("service_parked", f"Service {slot.name} crashed too often and is parked")
         _LOGGER.error(
             "Service %s crashed %d times in %.0f s; parked (last error: %s)",
             slot.name,
