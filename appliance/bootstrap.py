@@ -9,15 +9,23 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from appliance import __version__
+from appliance.alerts import AlertLog
 from appliance.clock import Clock, SystemClock
-from appliance.config import ApplianceConfig, StatusConfig
+from appliance.config import ApplianceConfig, EngineConfig, StatusConfig
 from appliance.control import Command, ControlServer
+from appliance.errors import ControlError
+from appliance.inference.engine import InferenceEngine
+from appliance.inference.model import Settings
+from appliance.inference.runtime import find_runtime
+from appliance.skills.actions import SupervisorActions
+from appliance.skills.responder import Actions, Thresholds
+from appliance.skills.service import SkillsService
 from appliance.status.leds import (
     GpioLed,
     GpioRgbLed,
@@ -35,6 +43,7 @@ from appliance.systemd import Notifier, NullNotifier, from_environ
 _LOGGER = logging.getLogger(__name__)
 
 DEV_DATA_DIR_NAME = ".dev-data"
+BUILT_IN_MODEL = Path("models/minilm/minilm-l6-v2-int8.json")
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ def dev_config(config: ApplianceConfig, checkout: Path) -> ApplianceConfig:
             "device": config.device.model_copy(update={"data_dir": data_dir}),
             "control": config.control.model_copy(update={"socket_path": data_dir / "control.sock"}),
             "status": config.status.model_copy(update={"act_led": False}),
+            "engine": config.engine.model_copy(update={"model_path": checkout / BUILT_IN_MODEL}),
         }
     )
 
@@ -82,18 +92,112 @@ def build(config: ApplianceConfig, ports: Ports) -> Supervisor:
     """Build the supervisor and every service, in start order."""
     board = StateBoard()
     commands: dict[str, Command] = {}
+    alerts = AlertLog(ports.clock)
+    engine = build_engine(config.engine)
+    actions = _LateActions()
+    skills = build_skills(config, engine, alerts, actions, state=lambda: str(board.current()))
     services: list[Service] = [
         StatusLeds(board, ports.clock, _led_sinks(config.status, ports)),
         ControlServer(config.control.socket_path, commands),
         StoreService(config.device.data_dir / "appliance.db"),
+        engine,
+        skills,
     ]
-    supervisor = _supervisor(config, ports, board, services)
-    commands["status"] = lambda _args: status_report(config, supervisor)
+    supervisor = _supervisor(config, ports, board, services, alerts)
+    actions.bind(
+        SupervisorActions(
+            identify=supervisor.identify,
+            restart_service=supervisor.restart_service,
+            services=lambda: [v.name for v in supervisor.views()],
+        )
+    )
+    commands.update(_commands(config, supervisor, engine))
     return supervisor
 
 
+def build_engine(cfg: EngineConfig) -> InferenceEngine:
+    """The inference engine with the configured runtime and settings."""
+    threads = cfg.num_threads or max(1, (os.cpu_count() or 1) - 1)  # leave one core free
+    name = None if cfg.runtime == "auto" else cfg.runtime
+    return InferenceEngine(
+        cfg.model_path,
+        runtime=lambda: find_runtime(name),
+        settings=Settings(num_threads=threads, xnnpack=cfg.xnnpack),
+        max_batch=cfg.max_batch,
+    )
+
+
+def build_skills(
+    config: ApplianceConfig,
+    engine: InferenceEngine,
+    alerts: AlertLog,
+    actions: Actions,
+    *,
+    state: Callable[[], str],
+    faq_path: Path | None = None,
+) -> SkillsService:
+    """The skills service on top of `engine`."""
+    cfg = config.skills
+    return SkillsService(
+        embed=engine.embed,
+        faq_path=faq_path or cfg.faq_path,
+        thresholds=Thresholds(intent=cfg.intent_threshold, faq=cfg.faq_threshold),
+        device_name=config.device.name,
+        data_dir=config.device.data_dir,
+        state=state,
+        model_info=engine.snapshot,
+        alerts=alerts,
+        actions=actions,
+        restart_allowlist=cfg.restart_allowlist,
+    )
+
+
+class _LateActions:
+    """Actions whose target (the supervisor) is built after the services that use them."""
+
+    def __init__(self) -> None:
+        self._target: Actions | None = None
+
+    def bind(self, target: Actions) -> None:
+        self._target = target
+
+    async def identify(self, duration_s: float) -> str:
+        assert self._target is not None
+        return await self._target.identify(duration_s)
+
+    async def restart(self, service: str) -> str:
+        assert self._target is not None
+        return await self._target.restart(service)
+
+
+def _commands(
+    config: ApplianceConfig, supervisor: Supervisor, engine: InferenceEngine
+) -> dict[str, Command]:
+    def identify(args: Mapping[str, Any]) -> dict[str, Any]:
+        duration_s = float(args.get("duration_s", 15.0))
+        supervisor.identify(min(max(duration_s, 1.0), 300.0))
+        return {"message": f"Blinking my LED rapidly for {duration_s:.0f} s so you can find me."}
+
+    def restart(args: Mapping[str, Any]) -> dict[str, Any]:
+        name = str(args.get("service", ""))
+        if name not in config.skills.restart_allowlist:
+            raise ControlError(f"{name!r} is not in skills.restart_allowlist; not restarting it")
+        supervisor.restart_service(name)
+        return {"message": f"Restarting {name}."}
+
+    return {
+        "status": lambda _args: {**status_report(config, supervisor), "engine": engine.snapshot()},
+        "identify": identify,
+        "restart": restart,
+    }
+
+
 def _supervisor(
-    config: ApplianceConfig, ports: Ports, board: StateBoard, services: list[Service]
+    config: ApplianceConfig,
+    ports: Ports,
+    board: StateBoard,
+    services: list[Service],
+    alerts: AlertLog,
 ) -> Supervisor:
     cfg = config.supervisor
     policy = RestartPolicy(
@@ -113,6 +217,7 @@ def _supervisor(
         stop_deadline_s=cfg.stop_deadline_s,
         watchdog_interval_s=ports.watchdog_interval_s,
         max_loop_lag_s=cfg.max_loop_lag_s,
+        on_alert=alerts.record,
     )
 
 

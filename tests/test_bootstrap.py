@@ -16,6 +16,8 @@ from tests.fakes.clock import FakeClock
 from tests.fakes.notifier import RecordingNotifier
 from tests.fakes.services import CrashingService, ReadyService
 
+MODEL = Path(__file__).parent.parent / "models" / "minilm" / "minilm-l6-v2-int8.json"
+
 
 @pytest.fixture
 def pins() -> Iterator[MockFactory]:
@@ -33,6 +35,7 @@ def short_dir() -> Iterator[Path]:
 def config_in(directory: Path) -> ApplianceConfig:
     return parse_config(
         f'[device]\ndata_dir = "{directory}"\n[control]\nsocket_path = "{directory}/c.sock"\n'
+        f'[engine]\nmodel_path = "{MODEL}"\nnum_threads = 1\n'
     )
 
 
@@ -42,7 +45,7 @@ async def test_built_appliance_boots_to_ready_with_the_led_solid(
     config = config_in(short_dir)
     supervisor = build(config, Ports(clock=clock, pin_factory=pins, notifier=RecordingNotifier()))
     task = asyncio.create_task(supervisor.run(handle_signals=False))
-    for _ in range(500):  # the store opens on its own thread, in real time
+    for _ in range(3000):  # the store and the model load on their own threads, in real time
         if supervisor.state is SupervisorState.READY:
             break
         await asyncio.sleep(0.01)
@@ -52,7 +55,13 @@ async def test_built_appliance_boots_to_ready_with_the_led_solid(
         await clock.advance(0.7)
     report = status_report(config, supervisor)
     assert report["led"] == "solid on"
-    assert [s["name"] for s in report["services"]] == ["leds", "control", "store"]
+    assert [s["name"] for s in report["services"]] == [
+        "leds",
+        "control",
+        "store",
+        "engine",
+        "skills",
+    ]
     supervisor.request_stop()
     assert await task == 0
     assert pins.pin(17).state == 0.0

@@ -42,7 +42,8 @@ def dev_config(directory: Path) -> Path:
     config.write_text(
         f'[device]\nname = "bench-pi"\ndata_dir = "{directory}/data"\n'
         f'[control]\nsocket_path = "{directory}/control.sock"\n'
-        "[status]\nled_pin = 17\n",
+        "[status]\nled_pin = 17\n"
+        f'[engine]\nmodel_path = "{ROOT}/models/minilm/minilm-l6-v2-int8.json"\n',
         encoding="utf-8",
     )
     return config
@@ -85,7 +86,7 @@ def test_run_reaches_ready_answers_status_and_stops_on_sigterm(short_dir: Path) 
         assert report["device"] == "bench-pi"
         assert report["led"] == "solid on"
         names = [s["name"] for s in report["services"]]  # type: ignore[union-attr]
-        assert names == ["leds", "control", "store"]
+        assert names == ["leds", "control", "store", "engine", "skills"]
 
         status = appliance("status", "--config", str(config), "--json")
         assert status.returncode == 0, status.stderr
@@ -206,5 +207,5 @@ def test_run_under_systemd_notifies_ready_watchdog_and_stopping(short_dir: Path)
             proc.kill()
             proc.communicate()
     assert messages[0].startswith("READY=1")
-    assert any(m.startswith("STATUS=ready: 3/3 services ready") for m in messages)
+    assert any(m.startswith("STATUS=ready: 5/5 services ready") for m in messages)
     assert messages.index("STOPPING=1") > messages.index("WATCHDOG=1")
