@@ -9,13 +9,13 @@ import logging
 import os
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from appliance import __version__
 from appliance.config import DEFAULT_CONFIG_PATH, ApplianceConfig, load_config
-from appliance.errors import ConfigError, ControlError
+from appliance.errors import ApplianceError, ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EXIT_CONFIG = 78  # EX_CONFIG: the unit's RestartPreventExitStatus= stops systemd retrying
@@ -56,6 +56,27 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("path", type=Path, help="the TOML file to check")
     check.add_argument("--json", action="store_true", help="print one JSON object")
 
+    ask = commands.add_parser(
+        "ask",
+        help="answer a message with the local model",
+        description="Answer one message (or, with TEXT '-', one per line of standard input) "
+        "with the local model and skills, as chat would. The model is loaded once.",
+    )
+    ask.add_argument("text", help="the message, or - to read one message per line from stdin")
+    ask.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"intent", "confidence", "reply", "latency_ms"} per message',
+    )
+    ask.add_argument(
+        "--faq",
+        type=Path,
+        metavar="PATH",
+        help="a Markdown FAQ (## question, answer below) to answer from",
+    )
+    ask.add_argument("--owner", action="store_true", help="ask as the device's owner")
+    _config_options(ask)
+
     version = commands.add_parser(
         "version", help="print the version", description="Print the appliance and Python versions."
     )
@@ -81,15 +102,19 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `appliance` console script."""
     args = _parser().parse_args(argv)
-    handler = {"run": _run, "status": _status, "check-config": _check_config, "version": _version}[
-        args.command
-    ]
+    handler = {
+        "run": _run,
+        "status": _status,
+        "check-config": _check_config,
+        "ask": _ask,
+        "version": _version,
+    }[args.command]
     try:
         return handler(args)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return EXIT_CONFIG if args.command == "run" else EXIT_USAGE
-    except ControlError as err:
+    except ApplianceError as err:
         print(f"appliance: {err}", file=sys.stderr)
         return EXIT_FAILURE
 
@@ -101,6 +126,39 @@ def _load(args: argparse.Namespace) -> ApplianceConfig:
         config = load_config(args.config) if args.config else ApplianceConfig()
         return dev_config(config, checkout_dir())
     return load_config(args.config or DEFAULT_CONFIG_PATH)
+
+
+def _load_for_ask(args: argparse.Namespace) -> ApplianceConfig:
+    """Like `run`, but a laptop without /etc/appliance gets the dev defaults."""
+    if args.dev or args.config or DEFAULT_CONFIG_PATH.exists():
+        return _load(args)
+    args.dev = True
+    return _load(args)
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from appliance.bootstrap import standalone_responder
+
+    config = _load_for_ask(args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    async def answer_all() -> None:
+        async with standalone_responder(config, faq_path=args.faq) as responder:
+            for text in _messages(args.text):
+                answer = await responder.answer(text, is_owner=args.owner)
+                print(json.dumps(answer.as_dict()) if args.json else answer.reply, flush=True)
+
+    asyncio.run(answer_all())
+    return EXIT_OK
+
+
+def _messages(text: str) -> Iterator[str]:
+    if text != "-":
+        yield text
+        return
+    for line in sys.stdin:
+        if line.strip():
+            yield line.rstrip("\n")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -6,10 +6,12 @@ reads the process environment (`$NOTIFY_SOCKET`, `$WATCHDOG_USEC`) so nothing el
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,8 +25,8 @@ from appliance.errors import ControlError
 from appliance.inference.engine import InferenceEngine
 from appliance.inference.model import Settings
 from appliance.inference.runtime import find_runtime
-from appliance.skills.actions import SupervisorActions
-from appliance.skills.responder import Actions, Thresholds
+from appliance.skills.actions import ControlActions, SupervisorActions
+from appliance.skills.responder import Actions, Responder, Thresholds
 from appliance.skills.service import SkillsService
 from appliance.status.leds import (
     GpioLed,
@@ -37,7 +39,7 @@ from appliance.status.leds import (
 )
 from appliance.status.patterns import pattern_for
 from appliance.store import StoreService
-from appliance.supervisor import RestartPolicy, Service, StateBoard, Supervisor
+from appliance.supervisor import Condition, RestartPolicy, Service, StateBoard, Supervisor
 from appliance.systemd import Notifier, NullNotifier, from_environ
 
 _LOGGER = logging.getLogger(__name__)
@@ -253,6 +255,55 @@ def status_report(config: ApplianceConfig, supervisor: Supervisor) -> dict[str, 
         "led": pattern_for(supervisor.state).name,
         **snapshot,
     }
+
+
+class _Started:
+    """A ServiceContext for running one service outside the supervisor (the `ask` command)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.logger = logging.getLogger(f"appliance.service.{name}")
+        self.is_ready = asyncio.Event()
+
+    def ready(self) -> None:
+        self.is_ready.set()
+
+    def set_condition(self, condition: Condition, active: bool, detail: str = "") -> None:
+        pass
+
+    def set_healthy(self, healthy: bool, reason: str = "") -> None:
+        pass
+
+
+@contextlib.asynccontextmanager
+async def standalone_responder(
+    config: ApplianceConfig, *, faq_path: Path | None = None
+) -> AsyncIterator[Responder]:
+    """The model loaded once in this process and a Responder on it, for `appliance ask`.
+
+    Identify and restart go to the running appliance over its control socket, if one runs.
+    """
+    engine = build_engine(config.engine)
+    started = _Started(engine.name)
+    task = asyncio.create_task(engine.run(started))
+    try:
+        waiter = asyncio.create_task(started.is_ready.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if task.done():
+            task.result()  # the engine failed to load: raise why
+        skills = build_skills(
+            config,
+            engine,
+            AlertLog(SystemClock()),
+            ControlActions(config.control.socket_path),
+            state=lambda: "answering from the command line",
+            faq_path=faq_path,
+        )
+        yield await skills.build()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def run(config: ApplianceConfig, ports: Ports) -> int:

@@ -183,10 +183,10 @@ class SkillsConfig(_Section):
         description="Markdown FAQ: each `## ` heading a question, text below the answer.",
     )
     intent_threshold: float = Field(
-        default=0.45, ge=0, le=1, description="Cosine similarity below which a message is unknown."
+        default=0.35, ge=0, le=1, description="Cosine similarity below which a message is unknown."
     )
     faq_threshold: float = Field(
-        default=0.6, ge=0, le=1, description="Cosine similarity an FAQ question must reach."
+        default=0.35, ge=0, le=1, description="Cosine similarity an FAQ entry must reach."
     )
     restart_allowlist: tuple[str, ...] = Field(
         default=(),

@@ -16,8 +16,8 @@ class LatencyStats:
         self.errors = 0
 
     def record(self, latency_ms: float, n: int = 1) -> None:
-        """Note `n` messages served in `latency_ms` each."""
-        self._recent.extend([latency_ms] * n)
+        """Note one request of `n` messages answered in `latency_ms`."""
+        self._recent.append(latency_ms)
         self.count += n
 
     def record_error(self, n: int = 1) -> None:

@@ -49,7 +49,9 @@ def parse_faq(markdown: str, where: str = "<faq>") -> list[FaqEntry]:
 
 
 def _entry(question: str, body: list[str], line: int, where: str) -> FaqEntry:
-    answer = "\n".join(body).strip()
+    # Markdown joins the lines of a paragraph; blank lines separate paragraphs.
+    paragraphs = "\n".join(body).strip().split("\n\n")
+    answer = "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
     if not question or not answer:
         raise FaqError(f"FAQ {where}:{line}: a `## ` heading needs a question and an answer below")
     return FaqEntry(question, answer, line)

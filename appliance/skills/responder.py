@@ -59,9 +59,9 @@ class Actions(Protocol):
 class Thresholds:
     """Confidence limits (cosine similarities)."""
 
-    intent: float = 0.45
+    intent: float = 0.35
     intent_margin: float = 0.0
-    faq: float = 0.6
+    faq: float = 0.35
 
 
 def load_intent_examples(path: Path = INTENTS_PATH) -> dict[str, list[str]]:
@@ -85,8 +85,12 @@ async def build_router(
 
 
 async def build_faq(entries: Sequence[FaqEntry], embed: Embed, thresholds: Thresholds) -> FaqIndex:
-    """Embed every FAQ question once and build the index."""
-    vectors = await embed([e.question for e in entries])
+    """Embed every FAQ entry once and build the index.
+
+    Question and answer are embedded together: paraphrases often use the answer's words
+    ("refund", "voucher") rather than the question's.
+    """
+    vectors = await embed([f"{e.question} {e.answer}" for e in entries])
     return FaqIndex(entries, vectors, threshold=thresholds.faq)
 
 

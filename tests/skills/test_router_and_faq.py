@@ -62,7 +62,7 @@ def test_parse_faq() -> None:
         "Monday to Saturday, 9 to 18.",
         5,
     )
-    assert second.answer == "Ask at the till.\nIt changes weekly."
+    assert second.answer == "Ask at the till. It changes weekly."
 
 
 @pytest.mark.parametrize("text", ["", "# title only\n", "## Question without answer\n\n"])
