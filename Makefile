@@ -18,8 +18,19 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m appliance run --dev
 
+# The legacy runtime (tflite-runtime 2.14, numpy<2) in its own environment: it has wheels only
+# for Python <= 3.11, so on newer Pythons the tests that need it say why they skip.
+LEGACY ?= .venv-legacy
+LEGACY_STAMP := $(LEGACY)/.installed
+$(LEGACY_STAMP): pyproject.toml
+	@if $(PYTHON) -c 'import sys; sys.exit(sys.version_info >= (3, 12))'; then \
+		echo "==> installing tflite-runtime with numpy<2 into $(LEGACY)"; \
+		(test -x $(LEGACY)/bin/python || $(PYTHON) -m venv $(LEGACY)) && \
+		$(LEGACY)/bin/pip install --quiet -e '.[legacy-runtime]' && touch $(LEGACY_STAMP); \
+	else echo "==> Python >= 3.12: no tflite-runtime wheel, legacy runtime tests will skip"; fi
+
 ## test: the whole test suite (no hardware, no internet)
-test: $(STAMP)
+test: $(STAMP) $(LEGACY_STAMP)
 	$(PY) -m pytest -q
 
 ## lint: ruff and mypy --strict
@@ -52,4 +63,4 @@ models:
 	@cp build/models/build_report.json models/minilm/build_report.json
 
 clean:
-	rm -rf $(VENV) .dev-data build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LEGACY) .dev-data build .pytest_cache .mypy_cache .ruff_cache

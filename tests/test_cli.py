@@ -209,3 +209,53 @@ def test_run_under_systemd_notifies_ready_watchdog_and_stopping(short_dir: Path)
     assert messages[0].startswith("READY=1")
     assert any(m.startswith("STATUS=ready: 5/5 services ready") for m in messages)
     assert messages.index("STOPPING=1") > messages.index("WATCHDOG=1")
+
+
+def test_ask_prints_one_json_object() -> None:
+    result = appliance("ask", "hello there", "--json", "--dev")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert set(answer) == {"intent", "confidence", "reply", "latency_ms"}
+    assert answer["intent"] == "greeting"
+
+
+def test_ask_reads_one_message_per_line_and_answers_from_the_faq() -> None:
+    faq = ROOT / "models" / "eval" / "faq_sample.md"
+    result = appliance(
+        "ask",
+        "-",
+        "--json",
+        "--dev",
+        "--faq",
+        str(faq),
+        input="thanks a lot\n\nwhen do you open on sunday?\nbanana bread recipe\n",
+    )
+    assert result.returncode == 0, result.stderr
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [a["intent"] for a in answers] == ["thanks", "faq", "unknown"]
+    assert "Sunday" in answers[1]["reply"]
+
+
+def test_ask_with_a_missing_model_fails_clearly(short_dir: Path) -> None:
+    config = short_dir / "c.toml"
+    config.write_text(f'[engine]\nmodel_path = "{short_dir}/none.json"\n', encoding="utf-8")
+    result = appliance("ask", "hi", "--config", str(config))
+    assert result.returncode == 1
+    assert "Cannot read" in result.stderr and "none.json" in result.stderr
+
+
+@pytest.mark.integration
+def test_ask_to_identify_makes_the_running_appliance_blink(short_dir: Path) -> None:
+    config = dev_config(short_dir)
+    proc = start("--config", str(config))
+    try:
+        wait_for_ready(short_dir / "control.sock", proc)
+        result = appliance("ask", "blink your led so I can find you", "--config", str(config))
+        assert "Blinking my LED" in result.stdout, result.stderr
+        report = request(short_dir / "control.sock", "status")
+        assert report["state"] == "identify" and report["led"] == "rapid blink"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
