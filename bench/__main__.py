@@ -6,10 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from bench import store
+from bench import inference, store
 from bench.report import Result, table
 
-SUITES = [store]
+SUITES = [store, inference]
 
 
 def main() -> int:
