@@ -61,6 +61,7 @@ models:
 	$(BUILD_VENV)/bin/python models/minilm/manifest.py $(MODEL_PKG) \
 		build/models/minilm_l6_int8_dynamic_eq.tflite build/models/build_report.json models/minilm
 	@cp build/models/build_report.json models/minilm/build_report.json
+	$(BUILD_VENV)/bin/python models/tiny/build.py models/minilm/tokenizer.json models/tiny
 
 clean:
 	rm -rf $(VENV) $(LEGACY) .dev-data build .pytest_cache .mypy_cache .ruff_cache

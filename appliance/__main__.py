@@ -206,6 +206,19 @@ def render_status(report: dict[str, Any]) -> str:
         "",
         f"{'SERVICE':<12} {'STATE':<10} {'RESTARTS':>8}  LAST ERROR",
     ]
+    engine = report.get("engine") or {}
+    if engine.get("model"):
+        latency = (
+            f"p50 {engine['p50_ms']:.1f} ms, p95 {engine['p95_ms']:.1f} ms"
+            if engine.get("p50_ms") is not None
+            else "no messages yet"
+        )
+        lines.insert(
+            2,
+            f"model {engine['model']} {engine['model_version']} on "
+            f"{engine['runtime']}, {engine['threads']} thread(s): {latency}, "
+            f"{engine['count']} messages, {engine['errors']} errors",
+        )
     for svc in report["services"]:
         lines.append(
             f"{svc['name']:<12} {svc['state']:<10} {svc['restarts']:>8}  "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -142,6 +143,7 @@ def build_skills(
     cfg = config.skills
     return SkillsService(
         embed=engine.embed,
+        prepare_embed=functools.partial(engine.embed, track=False),
         faq_path=faq_path or cfg.faq_path,
         thresholds=Thresholds(intent=cfg.intent_threshold, faq=cfg.faq_threshold),
         device_name=config.device.name,

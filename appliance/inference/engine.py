@@ -41,6 +41,7 @@ class _Request:
     texts: list[str]
     future: asyncio.Future[Floats] = field(repr=False)
     queued_at: float = 0.0
+    track: bool = True
 
 
 class InferenceEngine:
@@ -85,12 +86,16 @@ class InferenceEngine:
             self._thread.shutdown(wait=False, cancel_futures=True)
             self._thread, self._model = None, None
 
-    async def embed(self, texts: Sequence[str]) -> Floats:
-        """Embeddings [len(texts), dim], computed on the engine thread."""
+    async def embed(self, texts: Sequence[str], *, track: bool = True) -> Floats:
+        """Embeddings [len(texts), dim], computed on the engine thread.
+
+        `track=False` keeps set-up work (embedding the skills' examples) out of the latency
+        statistics, which describe answering messages.
+        """
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         request = _Request(
-            list(texts), asyncio.get_running_loop().create_future(), time.perf_counter()
+            list(texts), asyncio.get_running_loop().create_future(), time.perf_counter(), track
         )
         self._queue.put_nowait(request)
         return await request.future
@@ -126,7 +131,8 @@ class InferenceEngine:
         start = 0
         for request in batch:
             end = start + len(request.texts)
-            self.stats.record((done - request.queued_at) * 1000, len(request.texts))
+            if request.track:
+                self.stats.record((done - request.queued_at) * 1000, len(request.texts))
             _settle(request.future, result=vectors[start:end])
             start = end
 

@@ -45,6 +45,7 @@ class SkillsService:
         self,
         *,
         embed: Embed,
+        prepare_embed: Embed | None = None,
         faq_path: Path | None,
         thresholds: Thresholds,
         device_name: str,
@@ -56,6 +57,7 @@ class SkillsService:
         restart_allowlist: Sequence[str] = (),
     ) -> None:
         self._embed = embed
+        self._prepare_embed = prepare_embed or embed
         self._faq_path = faq_path
         self._thresholds = thresholds
         self._new_responder = functools.partial(
@@ -90,7 +92,7 @@ class SkillsService:
     async def build(self) -> Responder:
         """Embed the training examples and the FAQ questions; the ready Responder."""
         examples = await asyncio.to_thread(load_intent_examples)
-        router = await build_router(examples, self._embed, self._thresholds)
+        router = await build_router(examples, self._prepare_embed, self._thresholds)
         faq = await self._faq()
         _LOGGER.info(
             "Skills ready: %d intents, %d FAQ entries",
@@ -104,4 +106,4 @@ class SkillsService:
             return None
         text = await asyncio.to_thread(self._faq_path.read_text, encoding="utf-8")
         entries = parse_faq(text, str(self._faq_path))
-        return await build_faq(entries, self._embed, self._thresholds)
+        return await build_faq(entries, self._prepare_embed, self._thresholds)

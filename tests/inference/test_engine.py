@@ -131,3 +131,34 @@ def test_probe_reports_an_unloadable_model(model_copy: Callable[[], Path]) -> No
     manifest.with_suffix(".tflite").write_bytes(b"nope")
     report = probe(manifest)
     assert not report.ok and "manifest_invalid" in report.failures[0]
+
+
+TINY = MANIFEST.parents[1] / "tiny" / "tiny-int8-io.json"
+
+
+def test_int8_tensors_are_quantised_in_and_dequantised_out(runtime: Runtime) -> None:
+    model = load_model(TINY, runtime, Settings())
+    details = model._interpreter.get_input_details() + model._interpreter.get_output_details()
+    quantised = {d["name"]: d["quantization"] for d in details if d["dtype"] == np.int8}
+    assert set(quantised) == {"attention_mask", "Identity"} and all(
+        s for s, _ in quantised.values()
+    )
+    golden = model.manifest.golden
+    vectors = model.embed([case.text for case in golden])
+    assert vectors.dtype == np.float32 and vectors.shape == (3, 8)
+    for vector, case in zip(vectors, golden, strict=True):
+        expected = np.asarray(case.expected)
+        cosine = vector @ expected / (np.linalg.norm(vector) * np.linalg.norm(expected))
+        assert cosine > 0.99
+        assert np.abs(vector - expected).max() < 0.05  # the real values, not the int8 codes
+
+
+def test_probe_passes_the_int8_io_fixture() -> None:
+    assert probe(TINY).ok
+
+
+async def test_set_up_work_stays_out_of_the_latency_statistics(engine: InferenceEngine) -> None:
+    await engine.embed([f"example {i}" for i in range(40)], track=False)
+    assert engine.snapshot()["count"] == 0
+    await engine.embed(["a real message"])
+    assert engine.snapshot()["count"] == 1
