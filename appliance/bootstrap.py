@@ -259,7 +259,7 @@ def status_report(config: ApplianceConfig, supervisor: Supervisor) -> dict[str, 
     }
 
 
-class _Started:
+class StandaloneContext:
     """A ServiceContext for running one service outside the supervisor (the `ask` command)."""
 
     def __init__(self, name: str) -> None:
@@ -286,7 +286,7 @@ async def standalone_responder(
     Identify and restart go to the running appliance over its control socket, if one runs.
     """
     engine = build_engine(config.engine)
-    started = _Started(engine.name)
+    started = StandaloneContext(engine.name)
     task = asyncio.create_task(engine.run(started))
     try:
         waiter = asyncio.create_task(started.is_ready.wait())

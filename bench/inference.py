@@ -14,7 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.bootstrap import checkout_dir, dev_config, standalone_responder
+from appliance.bootstrap import (
+    StandaloneContext,
+    checkout_dir,
+    dev_config,
+    standalone_responder,
+)
 from appliance.config import ApplianceConfig
 from appliance.inference.engine import InferenceEngine
 from appliance.inference.model import LoadedModel, Settings, load_model
@@ -68,15 +73,9 @@ async def _throughput(batched: bool) -> float:
         CONFIG.engine.model_path, runtime=find_runtime, settings=Settings(num_threads=1)
     )
 
-    class Ctx:
-        ready_event = asyncio.Event()
-
-        def ready(self) -> None:
-            self.ready_event.set()
-
-    ctx = Ctx()
-    task = asyncio.create_task(engine.run(ctx))  # type: ignore[arg-type]
-    await ctx.ready_event.wait()
+    ctx = StandaloneContext(engine.name)
+    task = asyncio.create_task(engine.run(ctx))
+    await ctx.is_ready.wait()
     texts = [f"{MESSAGES[i % len(MESSAGES)]} {i}" for i in range(RUNS)]
     started = time.perf_counter()
     if batched:

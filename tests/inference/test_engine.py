@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from appliance.bootstrap import StandaloneContext
 from appliance.inference.engine import EngineNotReadyError, InferenceEngine
 from appliance.inference.manifest import ManifestError, parse_manifest
 from appliance.inference.model import Settings, load_model
@@ -15,21 +16,11 @@ from appliance.inference.runtime import ModelLoadError, Runtime
 from tests.inference.conftest import MANIFEST
 
 
-class Ctx:
-    name = "engine"
-
-    def __init__(self) -> None:
-        self.is_ready = asyncio.Event()
-
-    def ready(self) -> None:
-        self.is_ready.set()
-
-
 @pytest.fixture
 async def engine(runtime: Runtime) -> AsyncIterator[InferenceEngine]:
     engine = InferenceEngine(MANIFEST, runtime=lambda: runtime, settings=Settings(num_threads=1))
-    ctx = Ctx()
-    task = asyncio.create_task(engine.run(ctx))  # type: ignore[arg-type]
+    ctx = StandaloneContext(engine.name)
+    task = asyncio.create_task(engine.run(ctx))
     await asyncio.wait_for(ctx.is_ready.wait(), 30)
     yield engine
     task.cancel()
