@@ -19,8 +19,17 @@ from typing import Any, TextIO
 
 from appliance import __version__
 from appliance.alerts import AlertLog
+from appliance.chat.adapter import Adapter, KeyValueStore, adapter_class
+from appliance.chat.hub import ChatHub
+from appliance.chat.service import AdapterService
 from appliance.clock import Clock, SystemClock
-from appliance.config import ApplianceConfig, EngineConfig, StatusConfig
+from appliance.config import (
+    AdapterConfig,
+    ApplianceConfig,
+    EngineConfig,
+    GatewayAdapterConfig,
+    StatusConfig,
+)
 from appliance.control import Command, ControlServer
 from appliance.errors import ControlError
 from appliance.inference.engine import InferenceEngine
@@ -58,6 +67,7 @@ class Ports:
     notifier: Notifier
     watchdog_interval_s: float | None = None
     console: TextIO | None = None
+    dev: bool = False
 
 
 def device_ports(environ: Mapping[str, str], *, dev: bool) -> Ports:
@@ -69,6 +79,7 @@ def device_ports(environ: Mapping[str, str], *, dev: bool) -> Ports:
         notifier=notifier or NullNotifier(),
         watchdog_interval_s=notifier.watchdog_interval_s if notifier else None,
         console=sys.stdout if dev else None,
+        dev=dev,
     )
 
 
@@ -81,6 +92,9 @@ def dev_config(config: ApplianceConfig, checkout: Path) -> ApplianceConfig:
             "control": config.control.model_copy(update={"socket_path": data_dir / "control.sock"}),
             "status": config.status.model_copy(update={"act_led": False}),
             "engine": config.engine.model_copy(update={"model_path": checkout / BUILT_IN_MODEL}),
+            "adapters": config.adapters
+            if any(a.type == "gateway" for a in config.adapters)
+            else (*config.adapters, GatewayAdapterConfig(type="gateway")),
         }
     )
 
@@ -99,12 +113,26 @@ def build(config: ApplianceConfig, ports: Ports) -> Supervisor:
     engine = build_engine(config.engine)
     actions = _LateActions()
     skills = build_skills(config, engine, alerts, actions, state=lambda: str(board.current()))
+    store = StoreService(config.device.data_dir / "appliance.db")
+    adapters = [_adapter(cfg, ports) for cfg in config.adapters if cfg.enabled]
+    hub = ChatHub(
+        store=store.wait_store,
+        adapters={a.platform: a for a in adapters},
+        answer=lambda event, trusted: skills.responder.answer(event.text, is_owner=trusted),
+        clock=ports.clock,
+    )
+
+    async def kv() -> KeyValueStore:
+        return (await store.wait_store()).kv
+
     services: list[Service] = [
         StatusLeds(board, ports.clock, _led_sinks(config.status, ports)),
         ControlServer(config.control.socket_path, commands),
-        StoreService(config.device.data_dir / "appliance.db"),
+        store,
         engine,
         skills,
+        hub,
+        *(AdapterService(adapter, hub, kv) for adapter in adapters),
     ]
     supervisor = _supervisor(config, ports, board, services, alerts)
     actions.bind(
@@ -116,6 +144,14 @@ def build(config: ApplianceConfig, ports: Ports) -> Supervisor:
     )
     commands.update(_commands(config, supervisor, engine))
     return supervisor
+
+
+def _adapter(cfg: AdapterConfig, ports: Ports) -> Adapter:
+    """One configured chat adapter."""
+    cls = adapter_class(cfg.type)
+    if isinstance(cfg, GatewayAdapterConfig):
+        return cls(cfg, dev=ports.dev)  # type: ignore[no-any-return]
+    return cls(cfg)  # type: ignore[no-any-return]
 
 
 def build_engine(cfg: EngineConfig) -> InferenceEngine:

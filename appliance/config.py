@@ -218,6 +218,14 @@ class GatewayAdapterConfig(_AdapterBase):
     token: Secret | None = Field(default=None, description="Bearer token clients must present.")
     tls_cert_file: Path | None = Field(default=None, description="PEM certificate; enables TLS.")
     tls_key_file: Path | None = Field(default=None, description="PEM private key for TLS.")
+    max_connections_per_peer: int = Field(
+        default=8, ge=1, description="Open connections one client address may hold."
+    )
+    max_messages_per_s: int = Field(
+        default=5,
+        ge=1,
+        description="Messages per second one connection may send (bursts of twice that).",
+    )
 
 
 class DiscordAdapterConfig(_AdapterBase):

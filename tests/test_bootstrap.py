@@ -61,6 +61,7 @@ async def test_built_appliance_boots_to_ready_with_the_led_solid(
         "store",
         "engine",
         "skills",
+        "chat",
     ]
     supervisor.request_stop()
     assert await task == 0

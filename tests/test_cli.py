@@ -86,7 +86,7 @@ def test_run_reaches_ready_answers_status_and_stops_on_sigterm(short_dir: Path) 
         assert report["device"] == "bench-pi"
         assert report["led"] == "solid on"
         names = [s["name"] for s in report["services"]]  # type: ignore[union-attr]
-        assert names == ["leds", "control", "store", "engine", "skills"]
+        assert names == ["leds", "control", "store", "engine", "skills", "chat"]
 
         status = appliance("status", "--config", str(config), "--json")
         assert status.returncode == 0, status.stderr
@@ -207,7 +207,7 @@ def test_run_under_systemd_notifies_ready_watchdog_and_stopping(short_dir: Path)
             proc.kill()
             proc.communicate()
     assert messages[0].startswith("READY=1")
-    assert any(m.startswith("STATUS=ready: 5/5 services ready") for m in messages)
+    assert any(m.startswith("STATUS=ready: 6/6 services ready") for m in messages)
     assert messages.index("STOPPING=1") > messages.index("WATCHDOG=1")
 
 

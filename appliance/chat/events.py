@@ -47,6 +47,7 @@ class OutboundMessage:
     text: str
     reply_to: str | None = None
     idempotency_key: str = ""
+    intent: str = ""
 
 
 @dataclass(frozen=True)

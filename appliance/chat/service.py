@@ -1,0 +1,42 @@
+"""Runs one chat adapter as a supervised service, wired to the hub.
+
+The supervisor restarts a crashed adapter on its own; the hub holds its replies meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from appliance.chat.adapter import Adapter, AdapterContext, AdapterStatus, KeyValueStore
+from appliance.chat.events import InboundEvent
+from appliance.chat.hub import ChatHub
+from appliance.supervisor import ServiceContext
+
+
+class AdapterService:
+    """One adapter under the supervisor."""
+
+    def __init__(
+        self, adapter: Adapter, hub: ChatHub, kv: Callable[[], Awaitable[KeyValueStore]]
+    ) -> None:
+        self.name = f"chat:{adapter.platform}"
+        self.adapter = adapter
+        self._hub = hub
+        self._kv = kv
+
+    async def run(self, ctx: ServiceContext) -> None:
+        """Run the adapter until cancelled; its replies wait while it is down."""
+        context = AdapterContext(
+            self.adapter.platform,
+            ctx,
+            emit=self._emit,
+            status=self._hub.set_status,
+            kv=await self._kv(),
+        )
+        try:
+            await self.adapter.run(context)
+        finally:
+            self._hub.set_status(self.adapter.platform, AdapterStatus.DEGRADED, "stopped")
+
+    async def _emit(self, event: InboundEvent) -> None:
+        await self._hub.accept(event)
