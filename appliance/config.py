@@ -214,7 +214,9 @@ class GatewayAdapterConfig(_AdapterBase):
 
     type: Literal["gateway"]
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
-    port: int = Field(default=8765, ge=1, le=65535, description="TCP port to listen on.")
+    port: int = Field(
+        default=8765, ge=0, le=65535, description="TCP port to listen on; 0 picks a free one."
+    )
     token: Secret | None = Field(default=None, description="Bearer token clients must present.")
     tls_cert_file: Path | None = Field(default=None, description="PEM certificate; enables TLS.")
     tls_key_file: Path | None = Field(default=None, description="PEM private key for TLS.")
