@@ -6,10 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from bench import inference, store
+from bench import chat, inference, store
 from bench.report import Result, table
 
-SUITES = [store, inference]
+SUITES = [store, inference, chat]
 
 
 def main() -> int:
