@@ -60,7 +60,7 @@ async def _measure(db: Path) -> tuple[list[float], list[float], float, list[floa
         tasks = [
             asyncio.create_task(hub.run(StandaloneContext("chat"))),
             asyncio.create_task(AdapterService(adapter, hub, kv).run(ready)),
-        ]  # type: ignore[arg-type]
+        ]
         await ready.is_ready.wait()
         url = f"ws://127.0.0.1:{adapter.port}"
         try:
