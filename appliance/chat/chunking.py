@@ -26,7 +26,7 @@ DISCORD_MAX_CHARS = 2000
 _BREAKS = (
     re.compile(r"(?P<cut>)\n[^\S\n]*\n"),  # blank line: a paragraph break
     re.compile(r"(?P<cut>)\n"),  # line break
-    re.compile(r"(?:[.!?…](?=\s)|[。！？])(?P<cut>)"),  # sentence end
+    re.compile(r"(?:[.!?\u2026](?=\s)|[\u3002\uff01\uff1f])(?P<cut>)"),  # sentence end, CJK too
     re.compile(r"(?P<cut>)\s"),  # any whitespace
 )
 _ZWJ = "\u200d"

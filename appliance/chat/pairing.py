@@ -1,13 +1,13 @@
 """DM pairing as OpenClaw does it: codes for strangers, out-of-band approval, an owner.
 
-Rules (research adapters-provisioning §2.3, DESIGN §7): a code is 8 characters from A–Z and 2–9
-without the look-alikes 0, O, 1 and I; it lives 1 h and is single use; at most 3 requests are
-pending per platform and further ones are ignored; a sender with a live request gets no second
-code. Owners are per platform, because sender ids only mean something on their own platform:
-an approval makes the sender owner when the platform has none yet, so the first approval
-bootstraps the owner and later ones grant DM access only (an owner who is revoked frees the
-seat for the next approval). Approval is always done by the person at the device, so no
-approval happens without consent.
+Rules (research adapters-provisioning §2.3, DESIGN §7): a code is 8 characters from A to Z and
+2 to 9 without the look-alikes 0, O, 1 and I; it lives 1 h and is single use; at most 3
+requests are pending per platform and further ones are ignored; a sender with a live request
+gets no second code. Owners are per platform, because sender ids only mean something on their
+own platform: an approval makes the sender owner when the platform has none yet, so the first
+approval bootstraps the owner and later ones grant DM access only (an owner who is revoked
+frees the seat for the next approval). Approvals are made by the person at the device, so
+nobody becomes owner without their consent.
 
 Pure: no I/O, no asyncio, no clock. Time comes in as `now` (seconds) and randomness from an
 injected `random.Random`. `Pairing` is mutable state; the caller persists `to_dict()` in its

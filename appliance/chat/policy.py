@@ -158,7 +158,7 @@ def pairing_message(platform: str, code: str) -> str:
 # Patterns are checked in order; tokens before phone numbers, because a token may hold digits.
 _SECRETS = (
     # Discord bot token: base64 user id, timestamp, HMAC (research §5.1).
-    (re.compile(r"[\w-]{24,}\.[\w-]{6}\.[\w-]{27,}"), "[redacted]"),
+    (re.compile(r"(?<![\w-])[\w-]{24,}\.[\w-]{6}\.[\w-]{27,}"), "[redacted]"),
     # Telegram bot token `<bot id>:<35 chars>`, also inside `/bot<token>/` URLs (§5.3).
     (re.compile(r"(?<!\d)\d{8,10}:[\w-]{35}(?![\w-])"), "[redacted]"),
     # Slack bot, user and app-level tokens (§5.2).
@@ -233,7 +233,7 @@ def _discord_decision(signal: str | int) -> Reconnect:
         return "stop"
     if code in _DISCORD_FRESH or code in _DISCORD_INVALIDATED:
         return "reconnect"
-    # 4000–4008 and anything else, including 1006 with no close frame: "Any other code keeps
+    # 4000 to 4008 and anything else, including 1006 with no close frame: "Any other code keeps
     # it resumable for a few minutes" (research §5.1).
     return "resume"
 

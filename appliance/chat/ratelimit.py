@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from appliance.chat.events import SendResult
 from appliance.errors import ApplianceError
 
-# Float refills land a hair short of a whole token; without the slack a caller that waited
-# exactly the time it was told would be told to wait again for a few nanoseconds.
-_TOKEN_SLACK = 1e-9
+# Float arithmetic lands a hair short of a whole token or of the block's end; without the
+# slack a caller that waited exactly the time it was told would be told to wait a few ns more.
+_SLACK_S = 1e-6
 
 
 class RateLimitError(ApplianceError, ValueError):
@@ -59,9 +59,10 @@ class TokenBucket:
             raise RateLimitError(f"Cannot take {n} tokens from a bucket of {self.burst}.")
         self._refill(now)
         wait_s = max(self._blocked_until - now, (n - self._tokens) / self.rate_per_s)
-        if wait_s > _TOKEN_SLACK / self.rate_per_s:
+        if wait_s > _SLACK_S:
             return wait_s
-        self._tokens = max(0.0, self._tokens - n)
+        # A take within the slack leaves a debt of a few millionths of a token, never forgiven.
+        self._tokens -= n
         return 0.0
 
     def block_for(self, now: float, retry_after_s: float) -> None:
