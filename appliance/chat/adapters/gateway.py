@@ -32,29 +32,13 @@ from appliance.chat.gateway_protocol import (
     parse_client_frame,
     reply_frame,
 )
+from appliance.chat.ratelimit import TokenBucket
 from appliance.config import GatewayAdapterConfig
 
 _LOGGER = logging.getLogger(__name__)
 
 PING_INTERVAL_S = 30.0
 MAX_FRAME_BYTES = 64 * 1024
-
-
-class _Bucket:
-    """Messages per second for one connection: `rate` a second, bursts of `burst`."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens, self.at = float(burst), time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 class GatewayAdapter:
@@ -131,7 +115,7 @@ class GatewayAdapter:
         chat_id = f"ws-{next(self._ids)}"
         self._connections[chat_id] = ws
         self._per_peer[peer] += 1
-        bucket = _Bucket(self._cfg.max_messages_per_s, self._cfg.max_messages_per_s * 2)
+        bucket = TokenBucket(self._cfg.max_messages_per_s, self._cfg.max_messages_per_s * 2)
         try:
             async for frame in ws:
                 await self._receive(ws, ctx, chat_id, peer, frame, bucket)
@@ -148,13 +132,13 @@ class GatewayAdapter:
         chat_id: str,
         peer: str,
         frame: str | bytes,
-        bucket: _Bucket,
+        bucket: TokenBucket,
     ) -> None:
         message = parse_client_frame(frame)
         if isinstance(message, FrameError):
             await ws.send(error_frame(message))
             return
-        if not bucket.take():
+        if bucket.take(time.monotonic()) > 0:
             await ws.send(
                 error_frame(
                     FrameError(
