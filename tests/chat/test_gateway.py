@@ -146,6 +146,13 @@ async def test_connections_per_peer_are_limited(gateway: Running) -> None:
     assert info.value.response.status_code == 429
 
 
+def test_connection_ids_differ_between_runs() -> None:
+    # Dedupe persists event ids, so a restarted gateway must not reuse them.
+    first = GatewayAdapter(GatewayAdapterConfig(type="gateway"))
+    second = GatewayAdapter(GatewayAdapterConfig(type="gateway"))
+    assert first._run_id != second._run_id
+
+
 async def test_a_reply_over_16_kib_arrives_as_one_binary_message(gateway: Running) -> None:
     from appliance.chat.events import OutboundMessage
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Callable
 
 
 async def settle(rounds: int = 50) -> None:
@@ -55,10 +56,9 @@ class FakeClock:
         await settle()
 
     async def run_until(
-        self, predicate: object, *, step_s: float = 0.1, limit_s: float = 3600
+        self, predicate: Callable[[], bool], *, step_s: float = 0.1, limit_s: float = 3600
     ) -> None:
         """Advance in steps until `predicate()` is true; fail after `limit_s` of fake time."""
-        assert callable(predicate)
         spent = 0.0
         while not predicate():
             if spent >= limit_s:

@@ -13,6 +13,7 @@ import hmac
 import ipaddress
 import itertools
 import logging
+import secrets
 import ssl
 import time
 from collections import Counter
@@ -55,6 +56,8 @@ class GatewayAdapter:
         self._connections: dict[str, ServerConnection] = {}
         self._per_peer: Counter[str] = Counter()
         self._ids = itertools.count(1)
+        # Event ids must not repeat across restarts: dedupe remembers them for days.
+        self._run_id = secrets.token_hex(4)
         self.port: int | None = None
 
     async def run(self, ctx: AdapterContext) -> None:
@@ -112,7 +115,7 @@ class GatewayAdapter:
 
     async def _serve(self, ws: ServerConnection, ctx: AdapterContext) -> None:
         peer = _peer_host(ws)
-        chat_id = f"ws-{next(self._ids)}"
+        chat_id = f"ws-{self._run_id}-{next(self._ids)}"
         self._connections[chat_id] = ws
         self._per_peer[peer] += 1
         bucket = TokenBucket(self._cfg.max_messages_per_s, self._cfg.max_messages_per_s * 2)
