@@ -1,4 +1,1 @@
-"""Fleet over MQTT: topics, sans-I/O protocol, client service, updates and deltas.
-
-DESIGN §9-§10. Arrives with issue 5 and later.
-"""
+"""Fleet management over MQTT: topics, the sans-I/O protocol and the client service (DESIGN §9)."""
