@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ _LOGGER = logging.getLogger(__name__)
 MAX_LINE_BYTES = 64 * 1024
 CLIENT_TIMEOUT_S = 10.0
 
-Command = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+# A command answers with a mapping, or with an awaitable of one when it must wait (pairing).
+Command = Callable[[Mapping[str, Any]], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
 
 
 class ControlServer:
@@ -57,14 +59,14 @@ class ControlServer:
         try:
             async with asyncio.timeout(CLIENT_TIMEOUT_S):
                 while line := await reader.readline():
-                    writer.write(json.dumps(self.answer(line)).encode() + b"\n")
+                    writer.write(json.dumps(await self.answer(line)).encode() + b"\n")
                     await writer.drain()
         except (TimeoutError, ConnectionError, ValueError) as err:
             _LOGGER.debug("Control client dropped: %s", err)
         finally:
             writer.close()
 
-    def answer(self, line: bytes) -> dict[str, Any]:
+    async def answer(self, line: bytes) -> dict[str, Any]:
         """The response to one request line (pure apart from the command it runs)."""
         try:
             request = json.loads(line)
@@ -80,7 +82,10 @@ class ControlServer:
                 f"Unknown command {name!r}; known: {', '.join(sorted(self._commands))}",
             )
         try:
-            return {"ok": True, "result": dict(command(args))}
+            result = command(args)
+            if inspect.isawaitable(result):
+                result = await result
+            return {"ok": True, "result": dict(result)}
         except ApplianceError as err:
             return _error(err.code, str(err))
 

@@ -65,6 +65,25 @@ class Ignore:
 Decision = Answer | PairingCode | Ignore
 
 
+@dataclass(frozen=True)
+class PlatformPolicy:
+    """Who one platform's adapter answers (config `dm_policy`, `group_policy`, `allow_from`)."""
+
+    dm_policy: DmPolicy = "pairing"
+    group_policy: GroupPolicy = "allowlist"
+    allow_from: frozenset[str] = frozenset()
+
+
+# An owner approves from chat with `approve CODE`, `/approve CODE` or `pair approve CODE`.
+_APPROVAL = re.compile(r"^/?(?:pair\s+)?approve\s+([A-Za-z0-9]{8})\s*$", re.IGNORECASE)
+
+
+def approval_code(text: str) -> str | None:
+    """The pairing code in an owner's approval message, or None when it is not one."""
+    found = _APPROVAL.match(text.strip())
+    return found.group(1).upper() if found else None
+
+
 def decide(
     event: InboundEvent,
     *,
@@ -191,13 +210,21 @@ _DISCORD_SIGNALS: dict[str, Reconnect] = {
     "invalid_session_resumable": "resume",
     "invalid_session": "reconnect",
     "zombie": "resume",  # no HEARTBEAT_ACK between two heartbeats: close non-1000, RESUME
+    # The connection never got going (no HELLO, a malformed one, REST or socket unreachable):
+    # the session, if any, is still Discord's to keep, so try to RESUME it after backoff.
+    "hello_timeout": "resume",
+    "bad_hello": "resume",
+    "unreachable": "resume",
+    # GET /gateway/bot answered 401: the token is wrong or was reset; a person must fix it.
+    "unauthorized": "stop",
 }
 
 _STOP_SIGNALS: dict[str, frozenset[str]] = {
-    # Bot API: 401 Unauthorized means the token was revoked or is wrong (research §4).
+    # Bot API: 401 Unauthorized means the token was revoked or is wrong (research §4); 404 Not
+    # Found means the URL names no bot at all (a token of the wrong shape, or a wrong api_base).
     # 409 Conflict is another getUpdates consumer or a webhook (research §5.3, OpenClaw #69787):
     # the caller surfaces it in status and retries slowly on a fresh connection, so not here.
-    "telegram": frozenset({"401"}),
+    "telegram": frozenset({"401", "404"}),
     # Socket Mode `disconnect` reason `link_disabled`: Socket Mode was switched off (§5.2).
     # The rest are Slack Web API auth errors from apps.connections.open: the token is dead.
     "slack": frozenset(

@@ -19,6 +19,7 @@ from appliance.store.files import atomic_write, atomic_write_text
 from appliance.store.kv import KeyValue
 from appliance.store.queues import DurableQueue, Entry, Overflow, Payload, PutResult, QueueItem
 from appliance.store.service import StoreService
+from appliance.store.transaction import Transaction
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -38,6 +39,7 @@ __all__ = [
     "StoreOpenError",
     "StoreService",
     "StoreValueError",
+    "Transaction",
     "atomic_write",
     "atomic_write_text",
 ]

@@ -27,6 +27,7 @@ from typing import TypeVar
 from appliance.store.errors import StoreClosedError, StoreError, StoreOpenError
 from appliance.store.kv import KeyValue
 from appliance.store.queues import DurableQueue, Overflow
+from appliance.store.transaction import Transaction
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -164,6 +165,10 @@ class Store:
     ) -> DurableQueue:
         """A handle on the named queue, bounded to `max_items`; create one handle and share it."""
         return DurableQueue(self._database, name, max_items=max_items, overflow=overflow)
+
+    async def transaction(self, work: Callable[[Transaction], _T]) -> _T:
+        """Run `work(tx)` on the store thread; everything it changes commits together or not."""
+        return await self._database.write(lambda conn: work(Transaction(conn)))
 
     async def close(self) -> None:
         """Close the store; safe to call more than once."""

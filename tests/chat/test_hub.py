@@ -11,6 +11,7 @@ from appliance.bootstrap import StandaloneContext
 from appliance.chat.adapter import AdapterStatus
 from appliance.chat.events import ChatKind, InboundEvent, OutboundMessage, SendResult
 from appliance.chat.hub import ChatHub, decode_event, encode_event, retry_delay_s
+from appliance.chat.policy import PlatformPolicy
 from appliance.clock import SystemClock
 from appliance.skills.responder import Answer
 from appliance.store import Store
@@ -60,7 +61,11 @@ class Running:
             return self.store
 
         self.hub = ChatHub(
-            store=opened, answer=answer, adapters={"fake": self.adapter}, clock=SystemClock()
+            store=opened,
+            answer=answer,
+            adapters={"fake": self.adapter},
+            clock=SystemClock(),
+            policies={"fake": PlatformPolicy(dm_policy="open")},
         )
         ctx = StandaloneContext("chat")
         self.task = asyncio.create_task(self.hub.run(ctx))
