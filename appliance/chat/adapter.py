@@ -20,6 +20,7 @@ from appliance.supervisor import ServiceContext
 # Explicit registry: type name → "module:class". Only configured adapters are imported.
 ADAPTERS: dict[str, str] = {
     "gateway": "appliance.chat.adapters.gateway:GatewayAdapter",
+    "telegram": "appliance.chat.adapters.telegram:TelegramAdapter",
 }
 
 
@@ -95,6 +96,9 @@ class Adapter(Protocol):
     platform: str
     max_text_chars: int
     trusted: bool  # its users are authenticated by the adapter itself (the local gateway)
+    # Its chats live only as long as a connection (the local gateway): a reply cannot outlive
+    # the process, so the hub answers such events in memory, without the durable queues.
+    connection_bound: bool
 
     async def run(self, ctx: AdapterContext) -> None:
         """Connect and listen until cancelled; report status through `ctx`."""

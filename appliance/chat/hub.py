@@ -18,17 +18,16 @@ start, when an adapter becomes ready, and every `POLL_S` for retries that came d
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 from appliance.chat.adapter import Adapter, AdapterStatus
 from appliance.chat.chunking import chunk
 from appliance.chat.events import InboundEvent, OutboundMessage
-from appliance.chat.ledger import ChatLedger, decode_event, encode_event
+from appliance.chat.ledger import ChatLedger, decode_event, decode_reply, encode_event, encode_reply
 from appliance.chat.pairing import CODE_TTL_S, Approval, Pairing
 from appliance.chat.policy import (
     Answer as Let,
@@ -46,7 +45,14 @@ from appliance.skills.responder import Answer
 from appliance.store import Store
 from appliance.supervisor import ServiceContext
 
-__all__ = ["ChatHub", "decode_event", "encode_event", "retry_delay_s"]
+__all__ = [
+    "ChatHub",
+    "decode_event",
+    "decode_reply",
+    "encode_event",
+    "encode_reply",
+    "retry_delay_s",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -65,7 +71,7 @@ SEND_LIMITS: dict[str, Limit] = {
 _UNLIMITED = Limit(rate_per_s=1e9, burst=1_000_000)
 
 AnswerFn = Callable[[InboundEvent, bool], Awaitable[Answer]]
-_Reply = tuple[str, str]  # (outbox key, payload)
+_Pending = tuple[str, OutboundMessage, int]  # (platform, message, attempts so far)
 
 
 def retry_delay_s(attempts: int, retry_after_s: float | None) -> float:
@@ -105,10 +111,11 @@ class ChatHub:
         self._status: dict[str, tuple[AdapterStatus, str]] = {}
         self._started = asyncio.Event()
         self._ledger: ChatLedger | None = None
+        self._group: asyncio.TaskGroup | None = None
         self._pairing = Pairing()
         # The in-memory fast path and what it must not repeat (see the module docstring).
         self._fresh_events: dict[int, InboundEvent] = {}
-        self._fresh_replies: dict[int, dict[str, Any]] = {}
+        self._fresh_replies: dict[int, _Pending] = {}
         self._scan_inbox = True
         self._scan_outbox = True
         self._inbox_wake = asyncio.Event()
@@ -127,18 +134,28 @@ class ChatHub:
         ctx.ready()
         try:
             async with asyncio.TaskGroup() as group:
+                self._group = group
                 group.create_task(self._answer_loop(self._ledger))
                 group.create_task(self._deliver_loop(self._ledger))
         finally:
+            self._group = None
             self._started.clear()
             self._ledger = None
             self._fresh_events.clear()
             self._fresh_replies.clear()
 
     async def accept(self, event: InboundEvent) -> bool:
-        """Durably accept an inbound event; False when it was seen before (dedupe)."""
+        """Accept an inbound event; False when it was seen before (dedupe).
+
+        Events of durable platforms are committed to the inbox before this returns; those of a
+        connection-bound adapter are answered in memory (their replies cannot outlive it).
+        """
         await self._started.wait()
-        assert self._ledger is not None
+        assert self._ledger is not None and self._group is not None
+        adapter = self._adapters.get(event.platform)
+        if adapter is not None and adapter.connection_bound:
+            self._group.create_task(self._answer_live(event, adapter))
+            return True
         item_id = await self._ledger.accept(event, self._clock.time())
         if item_id is None:
             _LOGGER.debug("Duplicate event %s ignored", event.key)
@@ -215,21 +232,39 @@ class ChatHub:
             await self._inbox_wake.wait()
             self._inbox_wake.clear()
             while batch := await self._next_events(ledger):
-                replies: list[_Reply] = []
-                pairing_before = json.dumps(self._pairing.to_dict(), sort_keys=True)
-                for _, event in batch:
-                    replies.extend(await self._replies_to(event))
-                changed = json.dumps(self._pairing.to_dict(), sort_keys=True) != pairing_before
+                pairing_before = self._pairing.to_dict()
+                # Answered together, so that the engine can batch them.
+                answers = await asyncio.gather(*(self._replies_to(e) for _, e in batch))
+                replies = [
+                    (event.platform, m)
+                    for (_, event), ms in zip(batch, answers, strict=True)
+                    for m in ms
+                ]
+                changed = self._pairing.to_dict() != pairing_before
                 ids = await ledger.answered(
                     [item_id for item_id, _ in batch],
-                    replies,
+                    [(m.idempotency_key, encode_reply(p, m)) for p, m in replies],
                     self._clock.time(),
                     self._pairing if changed else None,
                 )
-                for item_id, (_, payload) in zip(ids, replies, strict=True):
+                for item_id, (platform, message) in zip(ids, replies, strict=True):
                     if item_id is not None:
-                        self._fresh_replies[item_id] = json.loads(payload)
+                        self._fresh_replies[item_id] = (platform, message, 0)
                 self._outbox_wake.set()
+
+    async def _answer_live(self, event: InboundEvent, adapter: Adapter) -> None:
+        """Answer a connection-bound event and send the reply straight away."""
+        try:
+            pairing_before = self._pairing.to_dict()
+            for message in await self._replies_to(event):
+                result = await adapter.send(message)
+                if not result.ok:
+                    _LOGGER.info("Reply on %s not sent: %s", event.platform, result.error_code)
+                    break
+            if self._ledger is not None and self._pairing.to_dict() != pairing_before:
+                await self._ledger.save_pairing(self._pairing)
+        except Exception:
+            _LOGGER.exception("Answering an event on %s failed", event.platform)
 
     async def _next_events(self, ledger: ChatLedger) -> list[tuple[int, InboundEvent]]:
         """The next events to answer: fresh ones first, plus a scan of the inbox when due."""
@@ -245,8 +280,8 @@ class ChatHub:
                 self._fresh_events.pop(item_id, None)
         return sorted(found.items())
 
-    async def _replies_to(self, event: InboundEvent) -> list[_Reply]:
-        """The outbox entries that answer `event`: none, a pairing code, or a chunked answer."""
+    async def _replies_to(self, event: InboundEvent) -> list[OutboundMessage]:
+        """The messages that answer `event`: none, a pairing code, or a chunked answer."""
         adapter = self._adapters.get(event.platform)
         if adapter is None:
             _LOGGER.warning("Dropping an event from unknown platform %s", event.platform)
@@ -269,7 +304,9 @@ class ChatHub:
             return self._chunks(event, adapter, decision.text, "pairing")
         return await self._answer_let_in(event, adapter, decision)
 
-    async def _answer_let_in(self, event: InboundEvent, adapter: Adapter, let: Let) -> list[_Reply]:
+    async def _answer_let_in(
+        self, event: InboundEvent, adapter: Adapter, let: Let
+    ) -> list[OutboundMessage]:
         code = approval_code(let.text) if let.is_owner else None
         if code is not None:
             return self._chunks(event, adapter, self._approve_from_chat(code), "pairing")
@@ -294,22 +331,19 @@ class ChatHub:
 
     def _chunks(
         self, event: InboundEvent, adapter: Adapter, text: str, intent: str
-    ) -> list[_Reply]:
-        """One outbox entry per chunk; each chunk has its own stable idempotency key."""
+    ) -> list[OutboundMessage]:
+        """One message per chunk; each chunk has its own stable idempotency key."""
         parts = chunk(text, adapter.max_text_chars) or [text]
-        replies = []
-        for index, part in enumerate(parts):
-            key = f"reply:{event.key}" + (f":{index}" if len(parts) > 1 else "")
-            message = OutboundMessage(
+        return [
+            OutboundMessage(
                 event.chat_id,
                 part,
                 reply_to=event.event_id if index == 0 else None,
-                idempotency_key=key,
+                idempotency_key=f"reply:{event.key}" + (f":{index}" if len(parts) > 1 else ""),
                 intent=intent,
             )
-            payload = {"platform": event.platform, **asdict(message)}
-            replies.append((key, json.dumps(payload, ensure_ascii=False)))
-        return replies
+            for index, part in enumerate(parts)
+        ]
 
     # Delivering.
 
@@ -320,12 +354,12 @@ class ChatHub:
             self._outbox_wake.clear()
             await self._forget_old_keys(ledger)
             done: list[int] = []
-            for item_id, data in await self._next_replies(ledger):
-                if await self._deliver_one(ledger, item_id, dict(data)):
+            for item_id, pending in await self._next_replies(ledger):
+                if await self._deliver_one(ledger, item_id, *pending):
                     done.append(item_id)
             await ledger.delivered(done)
 
-    async def _next_replies(self, ledger: ChatLedger) -> list[tuple[int, dict[str, Any]]]:
+    async def _next_replies(self, ledger: ChatLedger) -> list[tuple[int, _Pending]]:
         found = dict(self._fresh_replies)
         self._fresh_replies.clear()
         if self._scan_outbox:
@@ -333,21 +367,26 @@ class ChatHub:
             due = await ledger.pending_replies(BATCH * 4, self._clock.time())
             self._scan_outbox = len(due) == BATCH * 4
             for item in due:
-                found.setdefault(item.id, {**json.loads(item.payload), "_attempts": item.attempts})
-        return sorted(found.items())
+                platform, message = decode_reply(item.payload)
+                found.setdefault(item.id, (platform, message, item.attempts))
+        return sorted(found.items(), key=lambda pair: pair[0])
 
-    async def _deliver_one(self, ledger: ChatLedger, item_id: int, data: dict[str, Any]) -> bool:
+    async def _deliver_one(
+        self,
+        ledger: ChatLedger,
+        item_id: int,
+        platform: str,
+        message: OutboundMessage,
+        attempts: int,
+    ) -> bool:
         """Try one reply; True when it is finished with (sent, or failed for good).
 
         A chat whose reply must wait (rate limit, retry) is held until then, so that later
         replies and chunks to it cannot overtake the one that waits.
         """
-        platform = data.pop("platform")
-        attempts = data.pop("_attempts", 0)
         adapter = self._adapters.get(platform)
         if adapter is None or platform not in self._ready:
             return False  # stays queued; the scan when the adapter is ready picks it up
-        message = OutboundMessage(**data)
         chat = (platform, message.chat_id)
         now = self._clock.time()
         if now < self._held.get(chat, now):

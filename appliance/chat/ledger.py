@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from appliance.chat.events import ChatKind, InboundEvent
+from appliance.chat.events import ChatKind, InboundEvent, OutboundMessage
 from appliance.chat.pairing import Pairing, PairingStateError
 from appliance.store import DurableQueue, Overflow, QueueItem, Store, Transaction
 
@@ -42,6 +42,18 @@ def decode_event(payload: bytes) -> InboundEvent:
     data = json.loads(payload)
     data["chat_kind"] = ChatKind(data["chat_kind"])
     return InboundEvent(**data)
+
+
+def encode_reply(platform: str, message: OutboundMessage) -> str:
+    """A reply as outbox JSON."""
+    return json.dumps({"platform": platform, **asdict(message)}, ensure_ascii=False)
+
+
+def decode_reply(payload: bytes) -> tuple[str, OutboundMessage]:
+    """An outbox item back into its platform and message."""
+    data = json.loads(payload)
+    platform = data.pop("platform")
+    return platform, OutboundMessage(**data)
 
 
 class ChatLedger:

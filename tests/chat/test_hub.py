@@ -21,6 +21,7 @@ class RecordingAdapter:
     platform = "fake"
     max_text_chars = 1000
     trusted = False
+    connection_bound = False
 
     def __init__(self) -> None:
         self.sent: list[OutboundMessage] = []

@@ -27,6 +27,7 @@ CODE = re.compile(rf"Pairing code: ([{CODE_ALPHABET}]{{8}})")
 class RecordingAdapter:
     platform = "fake"
     trusted = False
+    connection_bound = False
 
     def __init__(self, max_text_chars: int = 1000) -> None:
         self.max_text_chars = max_text_chars

@@ -48,6 +48,7 @@ class GatewayAdapter:
     platform = "gateway"
     max_text_chars = 1_000_000
     trusted = True
+    connection_bound = True
 
     def __init__(self, cfg: GatewayAdapterConfig, *, dev: bool = False) -> None:
         self._cfg = cfg
