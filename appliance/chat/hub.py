@@ -178,6 +178,14 @@ class ChatHub:
             )
         self._status[platform] = (status, detail)
 
+    def status_of(self, platform: str) -> AdapterStatus | None:
+        """An adapter's last reported status."""
+        return self._status.get(platform, (None, ""))[0]
+
+    def detail_of(self, platform: str) -> str:
+        """The detail of an adapter's last reported status."""
+        return self._status.get(platform, (None, ""))[1]
+
     def snapshot(self) -> dict[str, Any]:
         """Each adapter's status, for `status` and fleet health."""
         return {name: {"status": str(s), "detail": d} for name, (s, d) in self._status.items()}

@@ -10,7 +10,14 @@ from collections.abc import Awaitable, Callable
 from appliance.chat.adapter import Adapter, AdapterContext, AdapterStatus, KeyValueStore
 from appliance.chat.events import InboundEvent
 from appliance.chat.hub import ChatHub
+from appliance.errors import ApplianceError
 from appliance.supervisor import ServiceContext
+
+
+class AdapterStoppedError(ApplianceError):
+    """An adapter gave up because its platform refused it; a person must fix the config."""
+
+    code = "adapter_stopped"
 
 
 class AdapterService:
@@ -36,7 +43,15 @@ class AdapterService:
         try:
             await self.adapter.run(context)
         finally:
-            self._hub.set_status(self.adapter.platform, AdapterStatus.DEGRADED, "stopped")
+            if self._hub.status_of(self.adapter.platform) is not AdapterStatus.FAILED:
+                self._hub.set_status(self.adapter.platform, AdapterStatus.DEGRADED, "stopped")
+        # An adapter returns only when its platform said not to reconnect (a refused token, a
+        # disallowed intent): a crash, so the supervisor backs off and parks it (`degraded`)
+        # instead of it hammering the platform, and `appliance status` shows why.
+        raise AdapterStoppedError(
+            f"The {self.adapter.platform} adapter stopped: "
+            f"{self._hub.detail_of(self.adapter.platform) or 'no reason given'}"
+        )
 
     async def _emit(self, event: InboundEvent) -> None:
         await self._hub.accept(event)
