@@ -20,6 +20,7 @@ from appliance.supervisor import ServiceContext
 # Explicit registry: type name → "module:class". Only configured adapters are imported.
 ADAPTERS: dict[str, str] = {
     "gateway": "appliance.chat.adapters.gateway:GatewayAdapter",
+    "discord": "appliance.chat.adapters.discord:DiscordAdapter",
     "telegram": "appliance.chat.adapters.telegram:TelegramAdapter",
 }
 

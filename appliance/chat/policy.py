@@ -215,6 +215,7 @@ _DISCORD_SIGNALS: dict[str, Reconnect] = {
     "hello_timeout": "resume",
     "bad_hello": "resume",
     "unreachable": "resume",
+    "decode_error": "resume",  # a corrupt zlib stream: a new connection, same session
     # GET /gateway/bot answered 401: the token is wrong or was reset; a person must fix it.
     "unauthorized": "stop",
 }
