@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -77,11 +78,69 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--owner", action="store_true", help="ask as the device's owner")
     _config_options(ask)
 
+    _pair_parser(commands)
+    _tune_parser(commands)
+
     version = commands.add_parser(
         "version", help="print the version", description="Print the appliance and Python versions."
     )
     version.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def _pair_parser(commands: Any) -> None:
+    pair = commands.add_parser(
+        "pair",
+        help="approve chat users who asked for access",
+        description="A stranger who writes to the bot in a direct message gets an 8-character "
+        "pairing code (valid 1 h). Approve it here to let them talk to the appliance; the first "
+        "approval on a platform makes that person its owner. Talks to the running appliance "
+        "over its control socket.",
+    )
+    actions = pair.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser(
+        "list",
+        help="pending codes, approved senders, owners",
+        description="Show pending pairing codes, approved senders and each platform's owner.",
+    )
+    approve = actions.add_parser(
+        "approve", help="approve a pairing code", description="Let in the sender behind CODE."
+    )
+    approve.add_argument("code", help="the 8-character code the sender received")
+    revoke = actions.add_parser(
+        "revoke",
+        help="withdraw a sender's access",
+        description="Withdraw a sender's access (and ownership) on one platform.",
+    )
+    revoke.add_argument("platform", help="e.g. discord or telegram")
+    revoke.add_argument("sender_id", help="the platform's user id, as `pair list` shows it")
+    for sub in (listing, approve, revoke):
+        _config_options(sub)
+        sub.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _tune_parser(commands: Any) -> None:
+    tune = commands.add_parser(
+        "tune",
+        help="measure the engine's settings on this board and keep the best",
+        description="Probe the board, then measure each candidate setting of the configured "
+        "model (runtime, XNNPACK, threads, messages per call) and choose the best throughput "
+        "within the latency budget, against the runtime's default measured in the same run. "
+        "The profile is saved in the store and used at the next start. Progress goes to stderr.",
+    )
+    tune.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"board", "candidates", "chosen", "default", "gain", ...}',
+    )
+    tune.add_argument(
+        "--quick", action="store_true", help="fewer candidates and shorter runs (a few seconds)"
+    )
+    tune.add_argument(
+        "--all-cores", action="store_true", help="also try using every core (none left free)"
+    )
+    tune.add_argument("--no-save", action="store_true", help="measure only; save nothing")
+    _config_options(tune)
 
 
 def _config_options(parser: argparse.ArgumentParser) -> None:
@@ -107,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": _status,
         "check-config": _check_config,
         "ask": _ask,
+        "pair": _pair,
+        "tune": _tune,
         "version": _version,
     }[args.command]
     try:
@@ -195,6 +256,98 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _pair(args: argparse.Namespace) -> int:
+    from appliance.control import request
+
+    config = _load(args)
+    request_args = {"action": args.action}
+    if args.action == "approve":
+        request_args["code"] = args.code
+    elif args.action == "revoke":
+        request_args |= {"platform": args.platform, "sender_id": args.sender_id}
+    result = request(config.control.socket_path, "pair", request_args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif args.action == "list":
+        print(render_pairing(result))
+    else:
+        print(result["message"])
+    return EXIT_OK
+
+
+def render_pairing(state: dict[str, Any]) -> str:
+    """Pending codes, approved senders and owners as lines of text."""
+    lines = [
+        f"pending {p['code']} on {p['platform']}, expires in {_duration(p['expires_in_s'])}"
+        for p in state["pending"]
+    ] or ["no pending pairing codes"]
+    for chat_platform, senders in sorted(state["approved"].items()):
+        owner = state["owners"].get(chat_platform)
+        for sender in senders:
+            lines.append(f"{chat_platform} {sender}{' (owner)' if sender == owner else ''}")
+    return "\n".join(lines)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from appliance.bootstrap import tuner_settings
+    from appliance.clock import SystemClock
+    from appliance.hardware.measure import QUICK, STANDARD
+    from appliance.hardware.service import tune_and_save
+
+    config = _load_for_ask(args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = tuner_settings(config)
+    settings = dataclasses.replace(
+        settings, quick=args.quick, use_all_cores=args.all_cores or settings.use_all_cores
+    )
+    run = asyncio.run(
+        tune_and_save(
+            config.engine.model_path,
+            None if args.no_save else config.device.data_dir / "appliance.db",
+            settings=settings,
+            clock=SystemClock(),
+            timing=QUICK if args.quick else STANDARD,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    )
+    result = {**run.as_dict(), "saved": not args.no_save}
+    print(json.dumps(result) if args.json else render_tune(result))
+    return EXIT_OK
+
+
+def render_tune(result: dict[str, Any]) -> str:
+    """A tuning run as a short human-readable report."""
+    probe = result["probe"]
+    throttling = probe["throttling"]
+    lines = [
+        f"board {result['board']} (profile {result['board_profile']}): {probe['cores']} x "
+        f"{probe['cpu']} {probe['arch']}, {probe['ram_mib']} MiB RAM, governor "
+        f"{probe['governor'] or '-'}, max {probe['max_freq_mhz'] or '-'} MHz, "
+        f"{probe['temp_c'] if probe['temp_c'] is not None else '-'} °C, storage "
+        f"{probe['storage'] or '-'}",
+        f"throttling {', '.join(throttling['flags']) or 'none'} ({throttling['value']})"
+        if throttling
+        else "throttling: not reported on this machine",
+        f"runtimes {', '.join(probe['runtimes']) or 'none'}",
+        "",
+        f"{'CANDIDATE':<34} {'MSG/S':>9} {'P50 MS':>8} {'P95 MS':>8}",
+    ]
+    for m in result["candidates"]:
+        rate = m["throughput_per_s"]
+        lines.append(f"{m['label']:<34} {rate:>9.1f} {m['p50_ms']:>8.2f} {m['p95_ms']:>8.2f}")
+    chosen, default = result["chosen"], result["default"]
+    lines += [
+        "",
+        f"default {default['label']}: {default['throughput_per_s']:.1f} msg/s, "
+        f"p95 {default['p95_ms']:.2f} ms",
+        f"chosen  {chosen['profile']} ({chosen['label']}): {chosen['throughput_per_s']:.1f} msg/s, "
+        f"p95 {chosen['p95_ms']:.2f} ms",
+        f"gain    {result['gain']:.2f}x the runtime's default ({result['note']})",
+        "saved; used from the next start" if result["saved"] else "not saved (--no-save)",
+    ]
+    return "\n".join(lines)
+
+
 def render_status(report: dict[str, Any]) -> str:
     """The status report as a short human-readable table."""
     watchdog = report["watchdog"]
@@ -219,11 +372,26 @@ def render_status(report: dict[str, Any]) -> str:
             f"{engine['runtime']}, {engine['threads']} thread(s): {latency}, "
             f"{engine['count']} messages, {engine['errors']} errors",
         )
+    tuner = report.get("tuner")
+    if tuner:
+        lines.insert(
+            3 if engine.get("model") else 2,
+            f"tuner {tuner['state']}: profile {tuner['profile'] or 'none yet'}"
+            + (f", {tuner['gain']:.2f}x the runtime default" if tuner.get("gain") else "")
+            + (f" ({tuner['reason']})" if tuner.get("reason") else ""),
+        )
     for svc in report["services"]:
         lines.append(
             f"{svc['name']:<12} {svc['state']:<10} {svc['restarts']:>8}  "
             f"{svc['last_error'] or ''}".rstrip()
         )
+    chat = report.get("chat") or {}
+    if chat:
+        lines += ["", f"{'CHAT':<12} {'STATUS':<10}  DETAIL"]
+        lines += [
+            f"{name:<12} {item['status']:<10}  {item['detail']}".rstrip()
+            for name, item in sorted(chat.items())
+        ]
     return "\n".join(lines)
 
 

@@ -11,9 +11,11 @@ import contextlib
 import functools
 import logging
 import os
+import platform
+import re
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,6 +23,7 @@ from appliance import __version__
 from appliance.alerts import AlertLog
 from appliance.chat.adapter import Adapter, KeyValueStore, adapter_class
 from appliance.chat.hub import ChatHub
+from appliance.chat.policy import PlatformPolicy
 from appliance.chat.service import AdapterService
 from appliance.clock import Clock, SystemClock
 from appliance.config import (
@@ -32,7 +35,16 @@ from appliance.config import (
 )
 from appliance.control import Command, ControlServer
 from appliance.errors import ControlError
-from appliance.inference.engine import InferenceEngine
+from appliance.fleet.client import Broker
+from appliance.fleet.desired import Telemetry as FleetTelemetry
+from appliance.fleet.device import ApplianceDevice
+from appliance.fleet.health import HealthSampler
+from appliance.fleet.protocol import FleetProtocol
+from appliance.fleet.service import FleetService
+from appliance.fleet.topics import DeviceTopics
+from appliance.hardware.saved import SavedProfiles
+from appliance.hardware.service import StartupProfile, TunerService, TunerSettings
+from appliance.inference.engine import EngineProfile, InferenceEngine
 from appliance.inference.model import Settings
 from appliance.inference.runtime import find_runtime
 from appliance.skills.actions import ControlActions, SupervisorActions
@@ -110,16 +122,29 @@ def build(config: ApplianceConfig, ports: Ports) -> Supervisor:
     board = StateBoard()
     commands: dict[str, Command] = {}
     alerts = AlertLog(ports.clock)
-    engine = build_engine(config.engine)
+    store = StoreService(config.device.data_dir / "appliance.db")
+    saved = SavedProfiles(lambda: _kv(store))
+    tuned = tuning_enabled(config)
+    engine = build_engine(
+        config.engine,
+        startup_profile=StartupProfile(saved, tuner_settings(config)) if tuned else None,
+    )
+    tuner = TunerService(engine, saved, ports.clock, tuner_settings(config)) if tuned else None
     actions = _LateActions()
     skills = build_skills(config, engine, alerts, actions, state=lambda: str(board.current()))
-    store = StoreService(config.device.data_dir / "appliance.db")
-    adapters = [_adapter(cfg, ports) for cfg in config.adapters if cfg.enabled]
+    enabled = [cfg for cfg in config.adapters if cfg.enabled]
+    adapters = [_adapter(cfg, ports) for cfg in enabled]
     hub = ChatHub(
         store=store.wait_store,
         adapters={a.platform: a for a in adapters},
-        answer=lambda event, trusted: skills.responder.answer(event.text, is_owner=trusted),
+        answer=lambda event, owner: skills.responder.answer(event.text, is_owner=owner),
         clock=ports.clock,
+        policies={
+            adapter.platform: PlatformPolicy(
+                cfg.dm_policy, cfg.group_policy, frozenset(cfg.allow_from)
+            )
+            for adapter, cfg in zip(adapters, enabled, strict=True)
+        },
     )
 
     async def kv() -> KeyValueStore:
@@ -131,10 +156,15 @@ def build(config: ApplianceConfig, ports: Ports) -> Supervisor:
         store,
         engine,
         skills,
+        *([tuner] if tuner else []),
         hub,
         *(AdapterService(adapter, hub, kv) for adapter in adapters),
     ]
+    fleet_device = ApplianceDevice(dev=ports.dev)  # bound to the supervisor below
+    if config.fleet.enabled:
+        services.append(build_fleet(config, ports, store, engine, hub, fleet_device, tuner))
     supervisor = _supervisor(config, ports, board, services, alerts)
+    fleet_device.bind(supervisor.identify, supervisor.restart_service, supervisor.views)
     actions.bind(
         SupervisorActions(
             identify=supervisor.identify,
@@ -142,8 +172,79 @@ def build(config: ApplianceConfig, ports: Ports) -> Supervisor:
             services=lambda: [v.name for v in supervisor.views()],
         )
     )
-    commands.update(_commands(config, supervisor, engine))
+    commands.update(_commands(config, supervisor, engine, tuner, hub))
+    commands["pair"] = _pair_command(hub)
     return supervisor
+
+
+def build_fleet(
+    config: ApplianceConfig,
+    ports: Ports,
+    store: StoreService,
+    engine: InferenceEngine,
+    hub: ChatHub,
+    device: ApplianceDevice,
+    tuner: TunerService | None = None,
+) -> FleetService:
+    """The fleet client (DESIGN §9) with its health sample and device actions."""
+
+    def live_inventory() -> dict[str, Any]:
+        engine_now = engine.snapshot()
+        return {
+            "model": {
+                "name": engine_now.get("model"),
+                "version": engine_now.get("model_version"),
+                "sha256": engine_now.get("model_sha256"),
+                "runtime": engine_now.get("runtime"),
+                "profile": tuner.birth() if tuner is not None else None,
+            }
+        }
+
+    cfg = config.fleet
+    device_id = cfg.device_id or _topic_id(config.device.name)
+    protocol = FleetProtocol(
+        DeviceTopics(cfg.fleet_id, device_id),
+        inventory={
+            "sw": {"app": __version__, "python": platform.python_version()},
+            "hw": {"machine": platform.machine()},
+            "adapters": sorted({a.type for a in config.adapters if a.enabled}),
+        },
+        versions={"app": __version__},
+        telemetry=FleetTelemetry(
+            health_snapshot_s=cfg.health_snapshot_s,
+            health_min_interval_s=cfg.health_min_interval_s,
+            log_level=config.device.log_level,
+        ),
+        will_delay_s=cfg.will_delay_s,
+        live_inventory=live_inventory,
+    )
+    broker = Broker(
+        cfg.host,
+        cfg.port,
+        client_id=f"{cfg.fleet_id}.{device_id}",
+        keepalive_s=cfg.keepalive_s,
+        ca_file=cfg.tls_ca_file,
+        cert_file=cfg.tls_cert_file,
+        key_file=cfg.tls_key_file,
+    )
+    health = HealthSampler(config.device.data_dir, engine.snapshot, hub.depths, device.views)
+    return FleetService(
+        protocol,
+        broker,
+        store=store.wait_store,
+        clock=ports.clock,
+        health=health,
+        device=device,
+        mqtt_version=cfg.mqtt_version,
+        command_key_files=cfg.command_keys,
+        outbox_max=cfg.outbox_max,
+    )
+
+
+def _topic_id(name: str) -> str:
+    """A device name as a topic id: lowercase, other characters as '-' (Homie ID rule)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:64].strip("-")
+    return slug or "appliance"
 
 
 def _adapter(cfg: AdapterConfig, ports: Ports) -> Adapter:
@@ -151,11 +252,15 @@ def _adapter(cfg: AdapterConfig, ports: Ports) -> Adapter:
     cls = adapter_class(cfg.type)
     if isinstance(cfg, GatewayAdapterConfig):
         return cls(cfg, dev=ports.dev)  # type: ignore[no-any-return]
-    return cls(cfg)  # type: ignore[no-any-return]
+    return cls(cfg, clock=ports.clock)  # type: ignore[no-any-return]
 
 
-def build_engine(cfg: EngineConfig) -> InferenceEngine:
-    """The inference engine with the configured runtime and settings."""
+def build_engine(
+    cfg: EngineConfig,
+    *,
+    startup_profile: Callable[[Path], Awaitable[EngineProfile | None]] | None = None,
+) -> InferenceEngine:
+    """The inference engine with the configured runtime and settings (or the tuned profile)."""
     threads = cfg.num_threads or max(1, (os.cpu_count() or 1) - 1)  # leave one core free
     name = None if cfg.runtime == "auto" else cfg.runtime
     return InferenceEngine(
@@ -163,7 +268,33 @@ def build_engine(cfg: EngineConfig) -> InferenceEngine:
         runtime=lambda: find_runtime(name),
         settings=Settings(num_threads=threads, xnnpack=cfg.xnnpack),
         max_batch=cfg.max_batch,
+        startup_profile=startup_profile,
     )
+
+
+def tuning_enabled(config: ApplianceConfig) -> bool:
+    """The tuner runs when enabled and the thread count is left to it (`num_threads = 0`)."""
+    return config.tuner.enabled and config.engine.num_threads == 0
+
+
+def tuner_settings(config: ApplianceConfig) -> TunerSettings:
+    """The tuner's settings from its config section and the engine's runtime choice."""
+    cfg = config.tuner
+    return TunerSettings(
+        latency_budget_ms=cfg.latency_budget_ms or None,
+        idle_s=cfg.idle_s,
+        check_s=cfg.check_interval_s,
+        throttle_sustained_s=cfg.throttle_sustained_s,
+        retune_min_interval_s=cfg.retune_min_interval_s,
+        min_gain=cfg.min_gain,
+        use_all_cores=cfg.use_all_cores,
+        runtime=None if config.engine.runtime == "auto" else config.engine.runtime,
+    )
+
+
+async def _kv(store: StoreService) -> Any:
+    """The store's key-value space, once the store is open."""
+    return (await store.wait_store()).kv
 
 
 def build_skills(
@@ -211,7 +342,11 @@ class _LateActions:
 
 
 def _commands(
-    config: ApplianceConfig, supervisor: Supervisor, engine: InferenceEngine
+    config: ApplianceConfig,
+    supervisor: Supervisor,
+    engine: InferenceEngine,
+    tuner: TunerService | None = None,
+    hub: ChatHub | None = None,
 ) -> dict[str, Command]:
     def identify(args: Mapping[str, Any]) -> dict[str, Any]:
         duration_s = float(args.get("duration_s", 15.0))
@@ -226,10 +361,42 @@ def _commands(
         return {"message": f"Restarting {name}."}
 
     return {
-        "status": lambda _args: {**status_report(config, supervisor), "engine": engine.snapshot()},
+        "status": lambda _args: {
+            **status_report(config, supervisor),
+            "engine": engine.snapshot(),
+            "tuner": tuner.snapshot() if tuner else None,
+            "chat": hub.snapshot() if hub else {},
+        },
         "identify": identify,
         "restart": restart,
     }
+
+
+def _pair_command(hub: ChatHub) -> Command:
+    """`appliance pair`: list pending codes and approved senders, approve a code, revoke."""
+
+    async def pair(args: Mapping[str, Any]) -> dict[str, Any]:
+        action = args.get("action", "list")
+        if action == "approve":
+            approval = await hub.approve(str(args.get("code", "")))
+            role = "owner" if approval.is_owner else "approved sender"
+            return {
+                **asdict(approval),
+                "message": f"Approved {approval.platform} user {approval.sender_id} as {role}.",
+            }
+        if action == "revoke":
+            platform, sender = str(args.get("platform", "")), str(args.get("sender_id", ""))
+            had = await hub.revoke(platform, sender)
+            return {
+                "revoked": had,
+                "message": f"{platform} user {sender}: "
+                + ("access withdrawn." if had else "had no access."),
+            }
+        if action == "list":
+            return hub.pairing()
+        raise ControlError(f"Unknown pair action {action!r}; use list, approve or revoke")
+
+    return pair
 
 
 def _supervisor(

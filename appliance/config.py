@@ -175,6 +175,50 @@ class EngineConfig(_Section):
     )
 
 
+class TunerConfig(_Section):
+    """The hardware-profile tuner (DESIGN §6): measures and keeps the engine's best settings."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Tune the engine on this board and keep it tuned; applies only while "
+        "`engine.num_threads` is 0 (an explicit thread count pins the engine's settings).",
+    )
+    latency_budget_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="p95 latency in ms one interpreter call may take; 0 uses the model "
+        "manifest's budget.",
+    )
+    idle_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds the engine must have been idle before each measuring slice.",
+    )
+    check_interval_s: float = Field(
+        default=30.0, gt=0, description="Seconds between checks for throttling and model changes."
+    )
+    throttle_sustained_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds of continuous throttling (or heat above the board's throttle "
+        "temperature) after which the tuner measures again.",
+    )
+    retune_min_interval_s: float = Field(
+        default=3600.0, ge=0, description="Least seconds between two throttling re-tunes."
+    )
+    min_gain: float = Field(
+        default=0.03,
+        ge=0,
+        le=1,
+        description="Fraction by which a setting must beat the runtime's default in a paired "
+        "re-measurement to be chosen (noise margin; 0.03 = 3 %).",
+    )
+    use_all_cores: bool = Field(
+        default=False,
+        description="Let the tuner try every core instead of leaving one free for chat and fleet.",
+    )
+
+
 class SkillsConfig(_Section):
     """Intent routing and the operator's FAQ."""
 
@@ -205,7 +249,18 @@ class _AdapterBase(_Section):
     allow_from: tuple[str, ...] = Field(
         default=(),
         description="Platform user ids allowed to "
-        "talk to the bot without pairing (list of strings).",
+        "talk to the bot without pairing (list of strings; `*` allows everyone).",
+    )
+    dm_policy: Literal["pairing", "allowlist", "open", "disabled"] = Field(
+        default="pairing",
+        description="Direct messages: `pairing` sends strangers a code the owner approves "
+        "with `appliance pair approve CODE`; `allowlist` answers only `allow_from` and approved "
+        "senders; `open` answers everyone; `disabled` answers nobody.",
+    )
+    group_policy: Literal["allowlist", "open"] = Field(
+        default="allowlist",
+        description="Groups: the bot answers only when mentioned; `allowlist` further limits "
+        "that to `allow_from` and approved senders, `open` answers anyone who mentions it.",
     )
 
 
@@ -235,10 +290,23 @@ class DiscordAdapterConfig(_AdapterBase):
 
     type: Literal["discord"]
     token: Secret = Field(description="Bot token.")
-    gateway_url: str = Field(
-        default="wss://gateway.discord.gg/?v=10&encoding=json", description="Gateway WebSocket URL."
+    gateway_url: str | None = Field(
+        default=None,
+        description="Gateway WebSocket URL; unset means the one GET /gateway/bot returns "
+        "(recommended). The query gets `v=10&encoding=json` either way.",
     )
     api_base: str = Field(default="https://discord.com/api/v10", description="REST base URL.")
+    message_content_intent: bool = Field(
+        default=True,
+        description="Ask for the privileged Message Content intent (enable it in the developer "
+        "portal, or the gateway closes with 4014). Without it the bot still sees DMs and "
+        "messages that mention it, which is all it answers.",
+    )
+    zlib_stream: bool = Field(
+        default=True,
+        description="Ask the gateway for zlib-stream transport compression: a fraction of the "
+        "bytes on a slow or metered link, for a little CPU.",
+    )
 
 
 class TelegramAdapterConfig(_AdapterBase):
@@ -250,12 +318,74 @@ class TelegramAdapterConfig(_AdapterBase):
     poll_timeout_s: int = Field(
         default=30, ge=1, le=50, description="Long-poll timeout in seconds."
     )
+    delete_webhook: bool = Field(
+        default=True,
+        description="Remove a webhook set on this bot at start; while one is set, polling "
+        "fails with 409 Conflict. Pending updates are kept.",
+    )
 
 
 AdapterConfig = Annotated[
     GatewayAdapterConfig | DiscordAdapterConfig | TelegramAdapterConfig,
     Field(discriminator="type"),
 ]
+
+
+_FLEET_ID = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
+
+
+class FleetConfig(_Section):
+    """Fleet management over MQTT (DESIGN §9); off until the device is provisioned."""
+
+    enabled: bool = Field(default=False, description="Connect to the fleet broker.")
+    host: str = Field(default="localhost", min_length=1, description="Broker host name or address.")
+    port: int = Field(
+        default=8883, ge=1, le=65535, description="Broker TCP port (8883 with TLS, 1883 without)."
+    )
+    fleet_id: str = Field(
+        default="default",
+        pattern=_FLEET_ID,
+        description="Fleet id in the topic tree: 1-64 of a-z, 0-9 and '-'.",
+    )
+    device_id: str | None = Field(
+        default=None,
+        pattern=_FLEET_ID,
+        description="Device id in the topic tree; unset derives it from `device.name` "
+        "(lowercased, other characters as '-').",
+    )
+    tls_ca_file: Path | None = Field(
+        default=None, description="PEM of the fleet CA; setting it turns TLS on."
+    )
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate of this device (mutual TLS)."
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of this device.")
+    command_keys: tuple[Path, ...] = Field(
+        default=(),
+        description="Ed25519 public keys (PEM, or raw/base64 32 bytes) whose signatures allow "
+        "`reboot` and `factory_reset`; a directory means every *.pub and *.pem in it.",
+    )
+    health_min_interval_s: float = Field(
+        default=10.0, ge=1, le=3600, description="Least seconds between two health reports."
+    )
+    health_snapshot_s: float = Field(
+        default=300.0, ge=30, le=86400, description="Seconds between full health snapshots."
+    )
+    will_delay_s: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="Seconds the broker waits before announcing `lost` (MQTT 5 will delay).",
+    )
+    keepalive_s: int = Field(default=60, ge=5, le=3600, description="MQTT keepalive in seconds.")
+    mqtt_version: Literal["5", "3.1.1", "auto"] = Field(
+        default="auto", description="MQTT version; auto tries 5 and falls back to 3.1.1."
+    )
+    outbox_max: int = Field(
+        default=500,
+        ge=1,
+        description="Telemetry messages kept while the broker is away (oldest dropped; count).",
+    )
 
 
 class ApplianceConfig(_Section):
@@ -267,6 +397,8 @@ class ApplianceConfig(_Section):
     control: ControlConfig = ControlConfig()
     engine: EngineConfig = EngineConfig()
     skills: SkillsConfig = SkillsConfig()
+    tuner: TunerConfig = TunerConfig()
+    fleet: FleetConfig = FleetConfig()
     adapters: tuple[AdapterConfig, ...] = Field(
         default=(), description="Chat adapters, one `[[adapters]]` table each, chosen by `type`."
     )

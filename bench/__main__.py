@@ -6,10 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from bench import chat, inference, store
+from bench import chat, fleet, inference, store, tuner
 from bench.report import Result, table
 
-SUITES = [store, inference, chat]
+SUITES = [store, inference, chat, tuner, fleet]
 
 
 def main() -> int:

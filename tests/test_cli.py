@@ -86,7 +86,7 @@ def test_run_reaches_ready_answers_status_and_stops_on_sigterm(short_dir: Path) 
         assert report["device"] == "bench-pi"
         assert report["led"] == "solid on"
         names = [s["name"] for s in report["services"]]  # type: ignore[union-attr]
-        assert names == ["leds", "control", "store", "engine", "skills", "chat"]
+        assert names == ["leds", "control", "store", "engine", "skills", "tuner", "chat"]
 
         status = appliance("status", "--config", str(config), "--json")
         assert status.returncode == 0, status.stderr
@@ -173,9 +173,11 @@ def test_render_status_shows_each_service() -> None:
                     "last_error": "RuntimeError: boom",
                 }
             ],
+            "chat": {"telegram": {"status": "failed", "detail": "401: token refused"}},
         }
     )
     assert "d: degraded (LED: long-short)" in text
+    assert "telegram     failed      401: token refused" in text
     assert "up 1h02m05s" in text
     assert "engine       parked            5  RuntimeError: boom" in text
 
@@ -207,7 +209,7 @@ def test_run_under_systemd_notifies_ready_watchdog_and_stopping(short_dir: Path)
             proc.kill()
             proc.communicate()
     assert messages[0].startswith("READY=1")
-    assert any(m.startswith("STATUS=ready: 6/6 services ready") for m in messages)
+    assert any(m.startswith("STATUS=ready: 7/7 services ready") for m in messages)
     assert messages.index("STOPPING=1") > messages.index("WATCHDOG=1")
 
 

@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +21,7 @@ import numpy as np
 from appliance.errors import ApplianceError
 from appliance.inference.model import LoadedModel, Settings, load_model
 from appliance.inference.quantize import Floats
-from appliance.inference.runtime import Runtime
+from appliance.inference.runtime import Runtime, find_runtime
 from appliance.inference.stats import LatencyStats
 from appliance.supervisor import ServiceContext
 
@@ -34,6 +34,17 @@ class EngineNotReadyError(ApplianceError):
     """The engine has no model loaded yet."""
 
     code = "engine_not_ready"
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    """Settings to serve with, chosen for this board and model (the tuner's, DESIGN §6)."""
+
+    settings: Settings
+    max_batch: int
+    runtime: str | None = None  # a distribution name; None keeps the configured runtime
+    name: str = ""
+    tuned_at: float | None = None
 
 
 @dataclass
@@ -56,11 +67,16 @@ class InferenceEngine:
         runtime: Callable[[], Runtime],
         settings: Settings | None = None,
         max_batch: int = 16,
+        startup_profile: Callable[[Path], Awaitable[EngineProfile | None]] | None = None,
     ) -> None:
         self._manifest_path = manifest_path
         self._find_runtime = runtime
         self._settings = settings or Settings()
         self._max_batch = max_batch
+        self._configured = EngineProfile(self._settings, max_batch)
+        self._startup_profile = startup_profile
+        self._profile: EngineProfile | None = None
+        self.received = 0  # requests ever received: the tuner's sign of activity
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._model: LoadedModel | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
@@ -77,7 +93,7 @@ class InferenceEngine:
         """Load the model on the engine thread, then serve batches until cancelled."""
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tflite")
         try:
-            self._model = await self._on_thread(self._load, self._manifest_path)
+            self._model = await self._load_first()
             ctx.ready()
             while True:
                 await self._serve(await self._next_batch())
@@ -98,6 +114,7 @@ class InferenceEngine:
             list(texts), asyncio.get_running_loop().create_future(), time.perf_counter(), track
         )
         self._queue.put_nowait(request)
+        self.received += 1
         return await request.future
 
     async def swap_model(self, manifest_path: Path) -> None:
@@ -105,8 +122,48 @@ class InferenceEngine:
         new = await self._on_thread(self._load, manifest_path)
         self._model, self._manifest_path = new, manifest_path
 
+    @property
+    def manifest_path(self) -> Path:
+        """The manifest of the model being served (or about to be)."""
+        return self._manifest_path
+
+    async def apply_profile(self, profile: EngineProfile) -> None:
+        """Reload the served model with `profile`; on any failure keep the current settings."""
+        previous = (self._settings, self._profile)
+        self._settings, self._profile = profile.settings, profile
+        try:
+            new = await self._on_thread(self._load, self._manifest_path)
+        except BaseException:
+            self._settings, self._profile = previous
+            raise
+        self._model, self._max_batch = new, profile.max_batch
+        _LOGGER.info("Serving with profile %s", profile.name or profile.settings)
+
+    async def _load_first(self) -> LoadedModel:
+        """Load with the persisted profile if there is one, else (or if it fails) as configured."""
+        profile = None
+        if self._startup_profile is not None:
+            profile = await self._startup_profile(self._manifest_path)
+        if profile is not None:
+            self._settings, self._max_batch, self._profile = (
+                profile.settings,
+                profile.max_batch,
+                profile,
+            )
+            try:
+                return await self._on_thread(self._load, self._manifest_path)
+            except ApplianceError as err:
+                _LOGGER.warning("Profile %s failed (%s); loading as configured", profile.name, err)
+        self._settings, self._max_batch = self._configured.settings, self._configured.max_batch
+        self._profile = None
+        return await self._on_thread(self._load, self._manifest_path)
+
     def _load(self, manifest_path: Path) -> LoadedModel:
-        return load_model(manifest_path, self._find_runtime(), self._settings)
+        wanted = self._profile.runtime if self._profile else None
+        runtime = self._find_runtime()
+        if wanted and runtime.name != wanted:
+            runtime = find_runtime(wanted)  # the tuner chose the other installed runtime
+        return load_model(manifest_path, runtime, self._settings)
 
     async def _next_batch(self) -> list[_Request]:
         batch = [await self._queue.get()]
@@ -153,9 +210,12 @@ class InferenceEngine:
             info.update(
                 model=model.manifest.name,
                 model_version=model.manifest.version,
+                model_sha256=model.manifest.sha256,
                 runtime=f"{model.runtime.name} {model.runtime.version}",
                 threads=model.settings.num_threads,
                 xnnpack=model.settings.xnnpack,
+                batch=self._max_batch,
+                profile=self._profile.name if self._profile else None,
             )
         return info
 

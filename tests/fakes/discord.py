@@ -119,6 +119,9 @@ class FakeDiscord:
         self.close_after_ready: int | None = None  # a flapping server: close right after READY
         self.session_start_limit = dict(recorded("gateway_bot")["session_start_limit"])
         self.forbidden_channels: set[str] = set()
+        # Create messages but answer nobody until `release()`: a reply "in flight" at a crash.
+        self.hold_responses = False
+        self._released = asyncio.Event()
         self.missing_channels: set[str] = set()
         # What happened, for assertions.
         self.connections: list[str] = []  # the path and query of each gateway connection
@@ -158,6 +161,7 @@ class FakeDiscord:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self.release()
         if self._ws_server is not None:
             self._ws_server.close()
             await self._ws_server.wait_closed()
@@ -212,6 +216,11 @@ class FakeDiscord:
         d["content"] = f"<@{BOT_ID}> {content}" if mention_bot else content
         await self.dispatch("MESSAGE_CREATE", d)
         return d  # type: ignore[no-any-return]
+
+    def release(self) -> None:
+        """Stop holding create-message responses; held ones are answered now."""
+        self.hold_responses = False
+        self._released.set()
 
     async def send_raw(self, frame: str | bytes) -> None:
         """Send a message as is (compressed under zlib-stream) on every open connection."""
@@ -431,7 +440,10 @@ class FakeDiscord:
         limited = self._take(channel_id)
         if limited is not None:
             return limited
-        return web.json_response(self._created(channel_id, body), headers=self._headers(channel_id))
+        created = self._created(channel_id, body)
+        if self.hold_responses:
+            await self._released.wait()
+        return web.json_response(created, headers=self._headers(channel_id))
 
     def _take(self, channel_id: str) -> web.Response | None:
         """Spend one request from the channel's bucket; a 429 when it is empty."""
