@@ -42,6 +42,7 @@ STEP_S = 6.0  # how long the devices publish in each step
 TIME_CAP_S = 100.0  # the whole run stops starting new steps after this
 LAG_LIMIT_MS = 1000.0
 MIN_DELIVERED = 0.99
+MIN_OFFERED = 0.9  # below this the simulator, not the consumer, is the limit
 CONNECTS_IN_FLIGHT = 200
 
 
@@ -66,12 +67,31 @@ class Step:
         return self.received / self.sent if self.sent else 0.0
 
     @property
+    def offered(self) -> float:
+        """The share of the nominal load the simulator managed to send."""
+        nominal = self.devices * STEP_S / PERIOD_S
+        return self.sent / nominal if nominal else 0.0
+
+    @property
+    def full_load(self) -> bool:
+        """Whether every device connected and reported at its full rate."""
+        return self.connected == self.devices and self.offered >= MIN_OFFERED
+
+    @property
+    def kept_up(self) -> bool:
+        """Whether the consumer stayed under the lag limit without losing reports."""
+        return self.p99_ms < LAG_LIMIT_MS and self.delivered >= MIN_DELIVERED
+
+    @property
     def ok(self) -> bool:
-        """Whether the consumer kept up."""
+        """A valid step the consumer passed."""
+        return self.full_load and self.kept_up
+
+    def describe(self) -> str:
+        """One line for the progress output."""
         return (
-            self.connected == self.devices
-            and self.p99_ms < LAG_LIMIT_MS
-            and self.delivered >= MIN_DELIVERED
+            f"{self.devices} devices: p99 lag {self.p99_ms:.0f} ms, {self.delivered:.1%} "
+            f"delivered, {self.sent / STEP_S:.0f} msg/s offered ({self.offered:.0%} of nominal)"
         )
 
 
@@ -293,33 +313,26 @@ async def _measure() -> list[Step]:
                     break
                 step = await _step(client, port, devices)
                 steps.append(step)
-                print(
-                    f"    {devices} devices: p99 lag {step.p99_ms:.0f} ms, "
-                    f"{step.delivered:.1%} delivered",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                print(f"    {step.describe()}", file=sys.stderr, flush=True)
                 if not step.ok:
                     break
     return steps
 
 
 def run() -> list[Result]:
-    """The largest fleet one consumer keeps under 1 s of lag."""
+    """The largest fleet one consumer keeps under 1 s of lag, and its message rate there."""
     if not Path(MOSQUITTO).exists():
         print("    skipped: mosquitto is not installed", file=sys.stderr)
         return []
     steps = asyncio.run(_measure())
     passed = [s for s in steps if s.ok]
     best = passed[-1] if passed else steps[0]
-    failed = next((s for s in steps if not s.ok), None)
-    limit = (
-        f"first failing step {failed.devices} devices (p99 {failed.p99_ms:.0f} ms, "
-        f"{failed.delivered:.1%} delivered)"
-        if failed
-        else f"no step failed up to {steps[-1].devices} devices"
-    )
-    rate = best.received / STEP_S
+    last = steps[-1]
+    limit = f"no step failed up to {last.devices} devices"
+    if not last.ok:
+        limit = f"at {last.devices}: p99 {last.p99_ms:.0f} ms, {last.delivered:.1%} delivered"
+        if not last.full_load:
+            limit += f", the simulator itself sent only {last.offered:.0%} of the nominal load"
     return [
         Result(
             "fleet: devices, consumer lag p99 < 1 s",
@@ -332,11 +345,11 @@ def run() -> list[Result]:
         ),
         Result(
             f"fleet: consumer msg/s at {best.devices} devices",
-            rate,
+            best.received / STEP_S,
             best.devices / PERIOD_S,
             "msg/s",
             True,
-            "baseline: the rate the devices offered; one Mosquitto, loopback, one process",
+            "baseline: the nominal rate the devices offered; one Mosquitto, loopback",
         ),
     ]
 

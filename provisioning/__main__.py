@@ -47,7 +47,8 @@ file. See docs/howto/fleet.md."""
 
 _CMD_EPILOG = """\
 exit codes:
-  0 done, 1 failed, 2 usage (bad arguments or settings), 3 rejected,
+  0 done (for reboot and factory_reset: accepted, their last word),
+  1 failed, 2 usage (bad arguments or settings), 3 rejected,
   4 timeout (no final answer), 5 broker unreachable or refused
 
 examples:

@@ -23,6 +23,9 @@ from appliance.fleet.payloads import PayloadError
 from appliance.fleet.signing import sign_command
 
 FINAL = frozenset({"done", "rejected", "failed"})
+# Commands whose last word is `accepted`: the device goes away (reboot, reset) before it could
+# say more (docs/reference/mqtt.md, Commands).
+ACCEPTED_IS_FINAL = frozenset({"reboot", "factory_reset"})
 
 
 class ExitCode(IntEnum):
@@ -95,9 +98,14 @@ def build_request(
 
 @dataclass
 class CommandWait:
-    """The answers to one command id; `final` is set by the first done/rejected/failed."""
+    """The answers to one command id; `final` is set by the first done/rejected/failed.
+
+    For a command that cannot report after it started (`ACCEPTED_IS_FINAL`), `accepted` is
+    final too, and counts as success.
+    """
 
     command_id: str
+    accepted_is_final: bool = False
     answers: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] | None = None
     ignored: int = 0
@@ -115,7 +123,10 @@ class CommandWait:
         if answer["id"] != self.command_id:
             return False
         self.answers.append(answer)
-        if answer["status"] in FINAL and self.final is None:
+        final = answer["status"] in FINAL or (
+            self.accepted_is_final and answer["status"] == "accepted"
+        )
+        if final and self.final is None:
             self.final = answer
         return True
 
@@ -125,6 +136,7 @@ class CommandWait:
         if self.final is None:
             return ExitCode.TIMEOUT
         return {
+            "accepted": ExitCode.DONE,  # only final for ACCEPTED_IS_FINAL commands
             "done": ExitCode.DONE,
             "rejected": ExitCode.REJECTED,
             "failed": ExitCode.FAILED,

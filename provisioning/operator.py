@@ -34,7 +34,7 @@ from appliance.clock import Clock, SystemClock
 from appliance.errors import ApplianceError
 from appliance.fleet.payloads import encode
 from appliance.fleet.topics import DeviceTopics, Leaf
-from provisioning.command import CommandWait
+from provisioning.command import ACCEPTED_IS_FINAL, CommandWait
 from provisioning.fleet_view import FleetView
 
 log = logging.getLogger(__name__)
@@ -368,7 +368,7 @@ async def send_command(
     timeout_s: float,
 ) -> CommandWait:
     """Send `request` to `device`, then collect its answers until final or `timeout_s`."""
-    wait = CommandWait(request["id"])
+    wait = CommandWait(request["id"], accepted_is_final=request["cmd"] in ACCEPTED_IS_FINAL)
     res_topic = device.leaf(Leaf.CMD_RES)
     await client.subscribe([res_topic])
     log.debug("Sending %s %s to %s", request["cmd"], request["id"], device.device)

@@ -372,3 +372,16 @@ async def test_cmd_over_mqtt_3_1_1_correlates_by_the_id_in_the_json(tmp_path: Pa
         (request,) = [m for m in device.messages if m.topic.endswith("cmd/req")]
     assert code == ExitCode.DONE, out
     assert json.loads(request.payload)["expires"] is not None
+
+
+async def test_a_signed_reboot_ends_at_accepted(tmp_path: Path, key_file: Path) -> None:
+    def accept(request: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"status": "accepted", "code": 202, "detail": None, "result": None}]
+
+    async with Mosquitto.start(tmp_path) as broker, broker.client() as device:
+        device.on_message = responder(device, accept)
+        await device.subscribe(f"{BASE}/dev-a/cmd/req")
+        code, out = await fleet("cmd", "dev-a", "reboot", "--sign-key", str(key_file),
+                                "--timeout", "5", *plain(broker))  # fmt: skip
+    assert code == ExitCode.DONE, out
+    assert out.startswith("dev-a: reboot accepted (202)")

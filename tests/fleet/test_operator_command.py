@@ -132,3 +132,11 @@ def test_a_timeout_explains_itself() -> None:
     assert text.startswith("d: identify timeout") and "no subscriber" in text
     wait.offer(answer("accepted"), b"c-1")
     assert "accepted it" in describe(wait.report("d", "identify"))
+
+
+def test_accepted_ends_a_reboot_because_the_device_goes_away() -> None:
+    wait = CommandWait("c-1", accepted_is_final=True)
+    wait.offer(answer("accepted"), b"c-1")
+    assert wait.exit_code is ExitCode.DONE
+    assert wait.report("d", "reboot")["status"] == "accepted"
+    assert describe(wait.report("d", "reboot")) == "d: reboot accepted (202)"
