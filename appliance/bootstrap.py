@@ -160,7 +160,7 @@ def build(config: ApplianceConfig, ports: Ports) -> Supervisor:
         hub,
         *(AdapterService(adapter, hub, kv) for adapter in adapters),
     ]
-    fleet_device = ApplianceDevice(dev=ports.dev)  # bound to the supervisor below
+    fleet_device = ApplianceDevice(dev=ports.dev, store=store.wait_store)  # bound below
     if config.fleet.enabled:
         services.append(build_fleet(config, ports, store, engine, hub, fleet_device, tuner))
     supervisor = _supervisor(config, ports, board, services, alerts)

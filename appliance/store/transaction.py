@@ -50,6 +50,16 @@ class Transaction:
         """Remove `key`; whether it was there."""
         return self._conn.execute(_DELETE, (key,)).rowcount > 0
 
+    def forget_all(self, keep: frozenset[str] = frozenset()) -> int:
+        """Drop every queued item and every key except `keep` (a factory reset); how many."""
+        items = self._conn.execute("DELETE FROM queue_items").rowcount
+        marks = ",".join("?" * len(keep))
+        keys = self._conn.execute(
+            f"DELETE FROM kv WHERE key NOT IN ({marks})" if keep else "DELETE FROM kv",
+            tuple(sorted(keep)),
+        ).rowcount
+        return int(items + keys)
+
     def expire(self, prefix: str, before: float) -> int:
         """Remove the keys under `prefix` whose value is a number below `before`; how many."""
         upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
