@@ -263,13 +263,14 @@ class ChatHub:
     async def _answer_live(self, event: InboundEvent, adapter: Adapter) -> None:
         """Answer a connection-bound event and send the reply straight away."""
         try:
-            pairing_before = self._pairing.to_dict()
+            pairing_before = None if adapter.trusted else self._pairing.to_dict()
             for message in await self._replies_to(event):
                 result = await adapter.send(message)
                 if not result.ok:
                     _LOGGER.info("Reply on %s not sent: %s", event.platform, result.error_code)
                     break
-            if self._ledger is not None and self._pairing.to_dict() != pairing_before:
+            changed = pairing_before is not None and self._pairing.to_dict() != pairing_before
+            if changed and self._ledger is not None:
                 await self._ledger.save_pairing(self._pairing)
         except Exception:
             _LOGGER.exception("Answering an event on %s failed", event.platform)

@@ -74,6 +74,9 @@ class GatewayAdapter:
             ping_interval=PING_INTERVAL_S,
             ping_timeout=PING_INTERVAL_S,
             max_size=MAX_FRAME_BYTES,
+            # No permessage-deflate: chat frames are small and the LAN is fast, while zlib on
+            # every frame costs a Pi's CPU on both ends (and compressed secrets invite CRIME).
+            compression=None,
             logger=_LOGGER,
         ) as server:
             self.port = server.sockets[0].getsockname()[1] if server.sockets else None
