@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.hardware.probe import read_throttling
+from appliance.hardware.probe import read_throttling, read_wifi_signal
 from appliance.hardware.throttling import BITS, Throttling
 from appliance.skills.facts import DeviceFacts, Interface, read_device_facts, read_interfaces
 from appliance.supervisor import ServiceState, ServiceView
@@ -28,6 +28,7 @@ def assemble_health(
     depths: Mapping[str, int],
     views: Sequence[ServiceView],
     throttling: Throttling | None = None,
+    wifi_dbm: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The health sample from its parts."""
     mem_total_mb = facts.memory_total_mib
@@ -47,7 +48,7 @@ def assemble_health(
         "mem_total_mb": round(mem_total_mb, 1),
         "disk_used_mb": None if disk_total_mb is None else round(disk_total_mb - disk_free_mb, 1),
         "disk_total_mb": None if disk_total_mb is None else round(disk_total_mb, 1),
-        "net": _net(interfaces),
+        "net": _net(interfaces, wifi_dbm or {}),
         "engine": {
             "p50_ms": engine.get("p50_ms"),
             "p95_ms": engine.get("p95_ms"),
@@ -87,10 +88,11 @@ def throttled(throttling: Throttling | None) -> dict[str, list[str]] | None:
 _NOW_BITS = (0, 1, 2, 3)
 
 
-def _net(interfaces: Sequence[Interface]) -> dict[str, Any]:
+def _net(interfaces: Sequence[Interface], wifi_dbm: Mapping[str, float]) -> dict[str, Any]:
     for interface in interfaces:
         if interface.up and interface.ipv4:
-            return {"iface": interface.name, "ip": interface.ipv4[0], "rssi_dbm": None}
+            rssi = wifi_dbm.get(interface.name)
+            return {"iface": interface.name, "ip": interface.ipv4[0], "rssi_dbm": rssi}
     return {"iface": None, "ip": None, "rssi_dbm": None}
 
 
@@ -105,10 +107,13 @@ class HealthSampler:
 
     async def __call__(self) -> dict[str, Any]:
         """One sample now."""
-        facts, interfaces, throttling = await asyncio.to_thread(self._read)
+        facts, interfaces, throttling, wifi = await asyncio.to_thread(self._read)
         return assemble_health(
-            facts, interfaces, self.engine(), await self.depths(), self.views(), throttling
+            facts, interfaces, self.engine(), await self.depths(), self.views(), throttling, wifi
         )
 
-    def _read(self) -> tuple[DeviceFacts, list[Interface], Throttling | None]:
-        return read_device_facts(self.data_dir), read_interfaces(), read_throttling()
+    def _read(
+        self,
+    ) -> tuple[DeviceFacts, list[Interface], Throttling | None, dict[str, float]]:
+        facts, interfaces = read_device_facts(self.data_dir), read_interfaces()
+        return facts, interfaces, read_throttling(), read_wifi_signal()

@@ -216,6 +216,28 @@ def parse_khz(text: str) -> float | None:
         return None
 
 
+def parse_wireless(text: str) -> dict[str, float]:
+    """Signal level in dBm per Wi-Fi interface, from `/proc/net/wireless`.
+
+    After two header lines each line reads `wlan0: 0000   54.  -56.  -256  0 0 0 0 24 0`:
+    interface, status, link quality, level, noise, ...; levels may carry a trailing dot. A
+    positive level is a driver reporting a percentage instead of dBm, which is left out.
+    """
+    levels: dict[str, float] = {}
+    for line in text.splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if not name.strip() or len(fields) < 3:
+            continue
+        try:
+            level = float(fields[2].rstrip("."))
+        except ValueError:
+            continue
+        if -120.0 <= level < 0.0:
+            levels[name.strip()] = level
+    return levels
+
+
 def storage_kind(device: str, *, mmc_type: str | None = None, usb: bool = False) -> str:
     """The kind of a block device by its kernel name: sd, emmc, nvme, usb, ssd or other."""
     if device.startswith("mmcblk"):

@@ -25,6 +25,7 @@ from appliance.hardware.machine import (
     parse_khz,
     parse_meminfo,
     parse_millidegrees,
+    parse_wireless,
     root_source,
     storage_kind,
 )
@@ -105,6 +106,11 @@ def read_throttling(root: Path = Path("/"), vcgencmd: Vcgencmd = run_vcgencmd) -
         if text:
             return parse_get_throttled(text, "sysfs")
     return None
+
+
+def read_wifi_signal(root: Path = Path("/")) -> dict[str, float]:
+    """Wi-Fi signal level in dBm per interface; empty without Wi-Fi."""
+    return parse_wireless(_text(root / "proc/net/wireless") or "")
 
 
 def read_temperature(root: Path = Path("/")) -> float | None:

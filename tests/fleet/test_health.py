@@ -33,13 +33,14 @@ def test_a_sample_is_assembled_from_the_appliance_facts() -> None:
         {"p50_ms": 3.0, "p95_ms": 9.0, "count": 12, "errors": 1, "model": "minilm"},
         {"inbox": 2, "outbox": 1},
         [view("engine"), view("chat", ServiceState.BACKOFF, 2)],
+        wifi_dbm={"wlan0": -61.0},
     )
     health = payloads.check_health(sample)  # the payload's own validation accepts it
     assert health.overall == "degraded"
     assert (sample["cpu_pct"], sample["cpu_temp_c"]) == (12.3, 48.3)
     assert (sample["mem_used_mb"], sample["mem_total_mb"]) == (1000.0, 4000.0)
     assert (sample["disk_used_mb"], sample["disk_total_mb"]) == (3072.0, 4096.0)
-    assert sample["net"] == {"iface": "wlan0", "ip": "10.0.0.5", "rssi_dbm": None}
+    assert sample["net"] == {"iface": "wlan0", "ip": "10.0.0.5", "rssi_dbm": -61.0}
     assert sample["engine"] == {"p50_ms": 3.0, "p95_ms": 9.0, "count": 12, "errors": 1}
     assert sample["components"][1] == {"name": "chat", "state": "backoff", "restarts": 2}
     assert sample["model"]["name"] == "minilm"

@@ -15,9 +15,10 @@ from appliance.hardware.machine import (
     parse_cpuinfo,
     parse_device_tree_string,
     parse_meminfo,
+    parse_wireless,
     storage_kind,
 )
-from appliance.hardware.probe import no_runtimes, probe, read_throttling
+from appliance.hardware.probe import no_runtimes, probe, read_throttling, read_wifi_signal
 from appliance.hardware.throttling import Throttling, parse_get_throttled
 
 BOARDS = Path(__file__).parent / "boards"
@@ -259,3 +260,13 @@ def test_emmc_and_usb_are_told_apart() -> None:
     assert storage_kind("sda", usb=True) == "usb"
     assert block_device_of("/dev/root") is None
     assert block_device_of("tmpfs") is None
+
+
+def test_wifi_signal_from_proc_net_wireless() -> None:
+    assert read_wifi_signal(BOARDS / "pi4") == {"wlan0": -56.0}
+    assert read_wifi_signal(BOARDS / "x86-laptop") == {}
+
+
+@given(st.text())
+def test_wireless_parsing_never_raises_and_keeps_dbm_only(text: str) -> None:
+    assert all(-120.0 <= level < 0.0 for level in parse_wireless(text).values())
