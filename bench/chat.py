@@ -23,6 +23,7 @@ from appliance.chat.hub import ChatHub
 from appliance.chat.service import AdapterService
 from appliance.clock import SystemClock
 from appliance.config import ApplianceConfig, GatewayAdapterConfig
+from appliance.skills.responder import Responder
 from appliance.store import Store
 from bench.report import Result
 
@@ -70,11 +71,6 @@ async def _measure(db: Path) -> Timings:
         # The difference to a round trip is the transport and the hub (and its durable queues).
         for _ in range(ROUND_TRIPS // 4):  # warm-up: caches, allocator, XNNPACK buffers
             await responder.answer(TEXT, is_owner=True)
-        engine_only = []
-        for _ in range(ROUND_TRIPS):
-            started = time.perf_counter()
-            await responder.answer(TEXT, is_owner=True)
-            engine_only.append(time.perf_counter() - started)
         store = await Store.open(db)
 
         async def opened() -> Store:
@@ -103,8 +99,7 @@ async def _measure(db: Path) -> Timings:
         hub.set_status("loopback", AdapterStatus.READY)
         url = f"ws://127.0.0.1:{adapter.port}"
         try:
-            round_trips = await _round_trips(url)
-            durable = await _durable_trips(hub, loopback)
+            engine_only, round_trips, durable = await _interleaved(responder, url, hub, loopback)
             rate, latencies = await _concurrent(url)
         finally:
             for task in tasks:
@@ -114,28 +109,34 @@ async def _measure(db: Path) -> Timings:
         return Timings(engine_only, round_trips, durable, rate, latencies)
 
 
-async def _durable_trips(hub: ChatHub, adapter: LoopbackAdapter) -> list[float]:
-    """Accept → inbox commit → answer → outbox commit → send, one message at a time."""
-    timings = []
-    for i in range(ROUND_TRIPS):
-        adapter.replied = asyncio.get_running_loop().create_future()
-        event = InboundEvent("loopback", f"b{i}", "c", ChatKind.DIRECT, "s", TEXT)
-        started = time.perf_counter()
-        await hub.accept(event)
-        await adapter.replied
-        timings.append(time.perf_counter() - started)
-    return timings
+async def _interleaved(
+    responder: Responder, url: str, hub: ChatHub, loopback: LoopbackAdapter
+) -> tuple[list[float], list[float], list[float]]:
+    """The baseline and both paths, measured in turn message by message.
 
-
-async def _round_trips(url: str) -> list[float]:
-    timings = []
+    Whatever else the machine does then falls on all three alike.
+    """
+    engine_only: list[float] = []
+    gateway: list[float] = []
+    durable: list[float] = []
     async with connect(url) as ws:
         for i in range(ROUND_TRIPS):
             started = time.perf_counter()
+            await responder.answer(TEXT, is_owner=True)
+            engine_only.append(time.perf_counter() - started)
+
+            started = time.perf_counter()
             await ws.send(json.dumps({"type": "message", "id": str(i), "text": TEXT}))
             await ws.recv()
-            timings.append(time.perf_counter() - started)
-    return timings
+            gateway.append(time.perf_counter() - started)
+
+            # Accept → inbox commit → answer → outbox commit → send.
+            loopback.replied = asyncio.get_running_loop().create_future()
+            started = time.perf_counter()
+            await hub.accept(InboundEvent("loopback", f"b{i}", "c", ChatKind.DIRECT, "s", TEXT))
+            await loopback.replied
+            durable.append(time.perf_counter() - started)
+    return engine_only, gateway, durable
 
 
 async def _concurrent(url: str) -> tuple[float, list[float]]:
