@@ -1,24 +1,27 @@
-"""The chat hub: inbox → policy → answer → outbox → adapter, once for every platform.
+"""The chat hub: inbox → policy → answer → outbox → courier, once for every platform.
 
 Offline first (DESIGN §8): `accept()` returns once the event is committed to the inbox, so an
-adapter acknowledges a platform only after that; replies go to an outbox keyed by an idempotency
-key and are delivered when their adapter is ready, retried with backoff and the platform's own
-`retry_after`. A restart or kill -9 loses no accepted message.
+adapter acknowledges a platform only after that; replies go to the platform's own outbox keyed
+by an idempotency key and are delivered by its courier (appliance/chat/courier.py) when the
+adapter is ready. A restart or kill -9 loses no accepted message.
 
 The policy that lives once for every platform (DESIGN §7) is applied here to each event that
 comes out of the inbox: DM pairing (a stranger gets only a pairing code), allowlists, mention
 gating in groups; owners may approve codes from chat. Replies are cut to the platform's maximum
-length, one outbox item and idempotency key per chunk, and sent through a token bucket per chat.
+length, one outbox item and idempotency key per chunk. An event the engine cannot answer yet
+(it is loading a model) stays in the inbox for the next round; one whose answer fails gets an
+apology, so that one bad message cannot stop chat.
 
-The fast path does not poll: an accepted event goes straight to the answer loop and the
-committed replies straight to the delivery loop, in memory; the inbox and outbox are scanned at
-start, when an adapter becomes ready, and every `POLL_S` for retries that came due.
+The fast path does not poll: the ledger reports each committed event straight to the answer
+loop, and committed replies go straight to their courier, in memory; the inbox is also read at
+start and every `POLL_S` as a backstop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -26,6 +29,7 @@ from typing import Any
 
 from appliance.chat.adapter import Adapter, AdapterStatus
 from appliance.chat.chunking import chunk
+from appliance.chat.courier import Courier, retry_delay_s
 from appliance.chat.events import InboundEvent, OutboundMessage
 from appliance.chat.ledger import ChatLedger, decode_event, decode_reply, encode_event, encode_reply
 from appliance.chat.pairing import CODE_TTL_S, Approval, Pairing
@@ -39,8 +43,9 @@ from appliance.chat.policy import (
     approval_code,
     decide,
 )
-from appliance.chat.ratelimit import Limit, RateLimits
+from appliance.chat.ratelimit import Limit
 from appliance.clock import Clock
+from appliance.inference.engine import EngineNotReadyError
 from appliance.skills.responder import Answer
 from appliance.store import Store
 from appliance.supervisor import ServiceContext
@@ -59,8 +64,6 @@ _LOGGER = logging.getLogger(__name__)
 BATCH = 16
 SEEN_TTL_S = 7 * 86400
 FORGET_EVERY_S = 3600.0
-RETRY_BASE_S = 1.0
-RETRY_MAX_S = 300.0
 POLL_S = 1.0
 # Sends per chat (research adapters-provisioning §5): Discord allows 5 per 5 s per channel,
 # Telegram about 1 per second per chat (20 per minute in groups). The local gateway has none.
@@ -69,16 +72,10 @@ SEND_LIMITS: dict[str, Limit] = {
     "telegram": Limit(rate_per_s=1.0, burst=3),
 }
 _UNLIMITED = Limit(rate_per_s=1e9, burst=1_000_000)
+SORRY = "Sorry, something went wrong while I was answering that. Please try again."
+NOT_READY = "I am still starting up; please ask again in a moment."
 
 AnswerFn = Callable[[InboundEvent, bool], Awaitable[Answer]]
-_Pending = tuple[str, OutboundMessage, int]  # (platform, message, attempts so far)
-
-
-def retry_delay_s(attempts: int, retry_after_s: float | None) -> float:
-    """The platform's own wait when it gave one, else exponential backoff from 1 s to 300 s."""
-    if retry_after_s is not None:
-        return max(0.0, retry_after_s)
-    return float(min(RETRY_MAX_S, RETRY_BASE_S * 2 ** max(0, attempts)))
 
 
 class ChatHub:
@@ -104,45 +101,41 @@ class ChatHub:
         self._policies = dict(policies or {})
         self._rng = rng
         limits = SEND_LIMITS if send_limits is None else send_limits
-        self._limits = {
-            platform: RateLimits(limits.get(platform, _UNLIMITED)) for platform in adapters
+        self._couriers = {
+            platform: Courier(adapter, clock, limits.get(platform, _UNLIMITED))
+            for platform, adapter in adapters.items()
+            if not adapter.connection_bound
         }
-        self._ready: set[str] = set()
         self._status: dict[str, tuple[AdapterStatus, str]] = {}
         self._started = asyncio.Event()
         self._ledger: ChatLedger | None = None
         self._group: asyncio.TaskGroup | None = None
         self._pairing = Pairing()
-        # The in-memory fast path and what it must not repeat (see the module docstring).
         self._fresh_events: dict[int, InboundEvent] = {}
-        self._fresh_replies: dict[int, _Pending] = {}
-        self._scan_inbox = True
-        self._scan_outbox = True
         self._inbox_wake = asyncio.Event()
-        self._outbox_wake = asyncio.Event()
-        self._next_forget = 0.0
-        self._held: dict[tuple[str, str], float] = {}
+        self._next_inbox_scan = -math.inf
 
     async def run(self, ctx: ServiceContext) -> None:
         """Open the queues, then answer and deliver until cancelled."""
-        self._ledger = ChatLedger(await self._store_fn())
-        self._pairing = await self._ledger.load_pairing()
-        self._scan_inbox = self._scan_outbox = True
+        ledger = ChatLedger(await self._store_fn(), on_accepted=self._accepted)
+        self._pairing = await ledger.load_pairing()
+        self._next_inbox_scan = -math.inf
         self._inbox_wake.set()
-        self._outbox_wake.set()
+        self._ledger = ledger
         self._started.set()
         ctx.ready()
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
-                group.create_task(self._answer_loop(self._ledger))
-                group.create_task(self._deliver_loop(self._ledger))
+                group.create_task(self._answer_loop(ledger))
+                group.create_task(self._forget_loop(ledger))
+                for platform, courier in self._couriers.items():
+                    group.create_task(courier.run(ledger.outbox(platform)))
         finally:
             self._group = None
             self._started.clear()
             self._ledger = None
             self._fresh_events.clear()
-            self._fresh_replies.clear()
 
     async def accept(self, event: InboundEvent) -> bool:
         """Accept an inbound event; False when it was seen before (dedupe).
@@ -156,22 +149,21 @@ class ChatHub:
         if adapter is not None and adapter.connection_bound:
             self._group.create_task(self._answer_live(event, adapter))
             return True
-        item_id = await self._ledger.accept(event, self._clock.time())
-        if item_id is None:
+        if await self._ledger.accept(event, self._clock.time()) is None:
             _LOGGER.debug("Duplicate event %s ignored", event.key)
             return False
+        return True
+
+    def _accepted(self, item_id: int, event: InboundEvent) -> None:
+        """The ledger committed an event: answer it next."""
         self._fresh_events[item_id] = event
         self._inbox_wake.set()
-        return True
 
     def set_status(self, platform: str, status: AdapterStatus, detail: str = "") -> None:
         """An adapter's connection state; READY lets its replies flow."""
-        if status is AdapterStatus.READY:
-            self._ready.add(platform)
-            self._scan_outbox = True
-            self._outbox_wake.set()
-        else:
-            self._ready.discard(platform)
+        courier = self._couriers.get(platform)
+        if courier is not None:
+            courier.set_ready(status is AdapterStatus.READY)
         if self._status.get(platform, (None, ""))[0] is not status:
             _LOGGER.info(
                 "Chat adapter %s is %s%s", platform, status, f": {detail}" if detail else ""
@@ -191,10 +183,10 @@ class ChatHub:
         return {name: {"status": str(s), "detail": d} for name, (s, d) in self._status.items()}
 
     async def depths(self) -> dict[str, int]:
-        """How many messages wait in the inbox and the outbox."""
+        """How many messages wait in the inbox and the outboxes."""
         if self._ledger is None:
             return {"inbox": 0, "outbox": 0}
-        return await self._ledger.depths()
+        return await self._ledger.depths(list(self._couriers))
 
     # Pairing, for `appliance pair` through the control socket.
 
@@ -237,34 +229,59 @@ class ChatHub:
 
     async def _answer_loop(self, ledger: ChatLedger) -> None:
         while True:
-            await self._inbox_wake.wait()
+            await self._wait(self._inbox_wake, POLL_S)
             self._inbox_wake.clear()
             while batch := await self._next_events(ledger):
-                pairing_before = self._pairing.to_dict()
-                # Answered together, so that the engine can batch them.
-                answers = await asyncio.gather(*(self._replies_to(e) for _, e in batch))
-                replies = [
-                    (event.platform, m)
-                    for (_, event), ms in zip(batch, answers, strict=True)
-                    for m in ms
-                ]
-                changed = self._pairing.to_dict() != pairing_before
-                ids = await ledger.answered(
-                    [item_id for item_id, _ in batch],
-                    [(m.idempotency_key, encode_reply(p, m)) for p, m in replies],
-                    self._clock.time(),
-                    self._pairing if changed else None,
-                )
-                for item_id, (platform, message) in zip(ids, replies, strict=True):
-                    if item_id is not None:
-                        self._fresh_replies[item_id] = (platform, message, 0)
-                self._outbox_wake.set()
+                if not await self._answer_batch(ledger, batch):
+                    break  # the engine is not ready: what is left waits for the next round
+
+    async def _answer_batch(
+        self, ledger: ChatLedger, batch: list[tuple[int, InboundEvent]]
+    ) -> bool:
+        """Answer a batch and commit its replies; False when some events had to wait."""
+        pairing_before = self._pairing.to_dict()
+        # Answered together, so that the engine can batch them.
+        results = await asyncio.gather(*(self._replies_to(event) for _, event in batch))
+        handled = [
+            (item_id, event, messages)
+            for (item_id, event), messages in zip(batch, results, strict=True)
+            if messages is not None
+        ]
+        replies = [(event.platform, m) for _, event, messages in handled for m in messages]
+        changed = self._pairing.to_dict() != pairing_before
+        handled_ids = [item_id for item_id, _, _ in handled]
+        ids = await ledger.answered(
+            handled_ids, replies, self._clock.time(), self._pairing if changed else None
+        )
+        for item_id in handled_ids:
+            self._fresh_events.pop(item_id, None)  # committed while we answered: not twice
+        for outbox_id, (platform, message) in zip(ids, replies, strict=True):
+            if outbox_id is not None:
+                self._couriers[platform].add(outbox_id, message)
+        return len(handled) == len(batch)
+
+    async def _next_events(self, ledger: ChatLedger) -> list[tuple[int, InboundEvent]]:
+        """The next events to answer: fresh ones first, plus a read of the inbox when due."""
+        found = dict(sorted(self._fresh_events.items())[:BATCH])
+        for item_id in found:
+            del self._fresh_events[item_id]
+        now = self._clock.time()
+        if now >= self._next_inbox_scan:
+            pending = await ledger.pending_events(BATCH, now)
+            self._next_inbox_scan = now if len(pending) == BATCH else now + POLL_S
+            for item_id, event in pending:
+                found.setdefault(item_id, event)
+                self._fresh_events.pop(item_id, None)
+        return sorted(found.items())
 
     async def _answer_live(self, event: InboundEvent, adapter: Adapter) -> None:
         """Answer a connection-bound event and send the reply straight away."""
         try:
             pairing_before = None if adapter.trusted else self._pairing.to_dict()
-            for message in await self._replies_to(event):
+            messages = await self._replies_to(event)
+            if messages is None:
+                messages = self._chunks(event, adapter, NOT_READY, "unavailable")
+            for message in messages:
                 result = await adapter.send(message)
                 if not result.ok:
                     _LOGGER.info("Reply on %s not sent: %s", event.platform, result.error_code)
@@ -275,26 +292,24 @@ class ChatHub:
         except Exception:
             _LOGGER.exception("Answering an event on %s failed", event.platform)
 
-    async def _next_events(self, ledger: ChatLedger) -> list[tuple[int, InboundEvent]]:
-        """The next events to answer: fresh ones first, plus a scan of the inbox when due."""
-        found = dict(sorted(self._fresh_events.items())[:BATCH])
-        for item_id in found:
-            del self._fresh_events[item_id]
-        if self._scan_inbox:
-            self._scan_inbox = False
-            pending = await ledger.pending_events(BATCH, self._clock.time())
-            self._scan_inbox = len(pending) == BATCH
-            for item_id, event in pending:
-                found.setdefault(item_id, event)
-                self._fresh_events.pop(item_id, None)
-        return sorted(found.items())
-
-    async def _replies_to(self, event: InboundEvent) -> list[OutboundMessage]:
-        """The messages that answer `event`: none, a pairing code, or a chunked answer."""
+    async def _replies_to(self, event: InboundEvent) -> list[OutboundMessage] | None:
+        """The messages that answer `event`; None when it must wait for the engine."""
         adapter = self._adapters.get(event.platform)
         if adapter is None:
             _LOGGER.warning("Dropping an event from unknown platform %s", event.platform)
             return []
+        try:
+            return await self._decide_and_answer(event, adapter)
+        except EngineNotReadyError:
+            return None
+        except Exception:
+            _LOGGER.exception("Answering %s failed; sending an apology", event.key)
+            return self._chunks(event, adapter, SORRY, "error")
+
+    async def _decide_and_answer(
+        self, event: InboundEvent, adapter: Adapter
+    ) -> list[OutboundMessage]:
+        """None, a pairing code, or a chunked answer, as the platform's policy decides."""
         if adapter.trusted:
             answer = await self._answer(event, True)
             return self._chunks(event, adapter, answer.reply, answer.intent)
@@ -354,95 +369,23 @@ class ChatHub:
             for index, part in enumerate(parts)
         ]
 
-    # Delivering.
+    # Housekeeping.
 
-    async def _deliver_loop(self, ledger: ChatLedger) -> None:
-        while True:
-            if not await self._wait(self._outbox_wake, POLL_S):
-                self._scan_outbox = True  # the poll: retries that came due, adapters now ready
-            self._outbox_wake.clear()
-            await self._forget_old_keys(ledger)
-            done: list[int] = []
-            for item_id, pending in await self._next_replies(ledger):
-                if await self._deliver_one(ledger, item_id, *pending):
-                    done.append(item_id)
-            await ledger.delivered(done)
-
-    async def _next_replies(self, ledger: ChatLedger) -> list[tuple[int, _Pending]]:
-        found = dict(self._fresh_replies)
-        self._fresh_replies.clear()
-        if self._scan_outbox:
-            self._scan_outbox = False
-            due = await ledger.pending_replies(BATCH * 4, self._clock.time())
-            self._scan_outbox = len(due) == BATCH * 4
-            for item in due:
-                platform, message = decode_reply(item.payload)
-                found.setdefault(item.id, (platform, message, item.attempts))
-        return sorted(found.items(), key=lambda pair: pair[0])
-
-    async def _deliver_one(
-        self,
-        ledger: ChatLedger,
-        item_id: int,
-        platform: str,
-        message: OutboundMessage,
-        attempts: int,
-    ) -> bool:
-        """Try one reply; True when it is finished with (sent, or failed for good).
-
-        A chat whose reply must wait (rate limit, retry) is held until then, so that later
-        replies and chunks to it cannot overtake the one that waits.
-        """
-        adapter = self._adapters.get(platform)
-        if adapter is None or platform not in self._ready:
-            return False  # stays queued; the scan when the adapter is ready picks it up
-        chat = (platform, message.chat_id)
-        now = self._clock.time()
-        if now < self._held.get(chat, now):
-            return False  # the scan after the hold picks it up, in order
-        self._held.pop(chat, None)
-        limits = self._limits[platform]
-        wait_s = limits.take(message.chat_id, now)
-        if wait_s > 0:
-            await self._hold(ledger, item_id, chat, now + wait_s)
-            return False
-        result = await adapter.send(message)
-        limits.honour(message.chat_id, self._clock.time(), result)
-        if result.ok or not result.retryable:
-            if not result.ok:
-                _LOGGER.warning("Reply on %s dropped: %s", platform, result.error_code)
-            return True
-        delay_s = retry_delay_s(attempts, result.retry_after_s)
-        _LOGGER.info(
-            "Reply on %s failed (%s); retrying in %.1f s", platform, result.error_code, delay_s
-        )
-        await self._hold(ledger, item_id, chat, self._clock.time() + delay_s)
-        return False
-
-    async def _hold(
-        self, ledger: ChatLedger, item_id: int, chat: tuple[str, str], until: float
-    ) -> None:
-        self._held[chat] = until
-        await ledger.retry_later(item_id, until)
-
-    async def _forget_old_keys(self, ledger: ChatLedger) -> None:
+    async def _forget_loop(self, ledger: ChatLedger) -> None:
         """Dedupe keys live a week; drop older ones about once an hour."""
-        now = self._clock.time()
-        if now < self._next_forget:
-            return
-        self._next_forget = now + FORGET_EVERY_S
-        forgotten = await ledger.forget_seen(now - SEEN_TTL_S)
-        if forgotten:
-            _LOGGER.debug("Forgot %s dedupe keys older than a week", forgotten)
+        while True:
+            forgotten = await ledger.forget_seen(self._clock.time() - SEEN_TTL_S)
+            if forgotten:
+                _LOGGER.debug("Forgot %s dedupe keys older than a week", forgotten)
+            await self._clock.sleep(FORGET_EVERY_S)
 
-    async def _wait(self, event: asyncio.Event, timeout_s: float) -> bool:
-        """Until `event` is set (True) or `timeout_s` passes on the injected clock (False)."""
+    async def _wait(self, event: asyncio.Event, timeout_s: float) -> None:
+        """Until `event` is set or `timeout_s` passes on the injected clock."""
         if event.is_set():
-            return True
+            return
         waiter = asyncio.ensure_future(event.wait())
         sleeper = asyncio.ensure_future(self._clock.sleep(timeout_s))
         await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
         for task in (waiter, sleeper):
             task.cancel()
         await asyncio.gather(waiter, sleeper, return_exceptions=True)
-        return event.is_set()

@@ -1,10 +1,11 @@
-"""The chat's durable state in the store: inbox, outbox, seen event keys and pairing (DESIGN §8).
+"""The chat's durable state in the store: inbox, outboxes, seen event keys and pairing (DESIGN §8).
 
 Every change that must not be split by a crash is one transaction: accepting an event writes it
-to the inbox and remembers its key as seen; answering writes the replies to the outbox and
+to the inbox and remembers its key as seen; answering writes the replies to the outboxes and
 removes the answered events from the inbox (and saves pairing state when it changed).
 Accepts that arrive together share one transaction (group commit), so a burst of messages costs
-one SD card write, not one each.
+one SD card write, not one each. Each platform has an outbox queue of its own
+(`chat.outbox.<platform>`), so that one platform's backlog never stands in another's way.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any
 
 from appliance.chat.events import ChatKind, InboundEvent, OutboundMessage
 from appliance.chat.pairing import Pairing, PairingStateError
@@ -23,11 +23,14 @@ from appliance.store import DurableQueue, Overflow, QueueItem, Store, Transactio
 _LOGGER = logging.getLogger(__name__)
 
 INBOX = "chat.inbox"
-OUTBOX = "chat.outbox"
+OUTBOX_PREFIX = "chat.outbox."
 INBOX_MAX = 10_000
 OUTBOX_MAX = 10_000
 SEEN_PREFIX = "chat:seen:"
 PAIRING_KEY = "chat:pairing"
+
+Accepted = Callable[[int, InboundEvent], None]
+_Waiting = tuple[InboundEvent, float, "asyncio.Future[int | None]"]
 
 
 def encode_event(event: InboundEvent) -> str:
@@ -44,29 +47,42 @@ def decode_event(payload: bytes) -> InboundEvent:
     return InboundEvent(**data)
 
 
-def encode_reply(platform: str, message: OutboundMessage) -> str:
+def encode_reply(message: OutboundMessage) -> str:
     """A reply as outbox JSON."""
-    return json.dumps({"platform": platform, **asdict(message)}, ensure_ascii=False)
+    return json.dumps(asdict(message), ensure_ascii=False)
 
 
-def decode_reply(payload: bytes) -> tuple[str, OutboundMessage]:
-    """An outbox item back into its platform and message."""
-    data = json.loads(payload)
-    platform = data.pop("platform")
-    return platform, OutboundMessage(**data)
+def decode_reply(payload: bytes) -> OutboundMessage:
+    """An outbox item back into its message."""
+    return OutboundMessage(**json.loads(payload))
 
 
 class ChatLedger:
-    """Inbox, outbox, dedupe and pairing state of the chat hub, in one store."""
+    """Inbox, outboxes, dedupe and pairing state of the chat hub, in one store.
 
-    def __init__(self, store: Store) -> None:
+    `on_accepted(item_id, event)` is called for each newly accepted event as soon as its commit
+    is back, before the callers of `accept` resume and even when they were cancelled meanwhile:
+    the hub learns of every committed event exactly when it becomes durable.
+    """
+
+    def __init__(self, store: Store, on_accepted: Accepted | None = None) -> None:
         self._store = store
+        self._on_accepted = on_accepted
         self.inbox: DurableQueue = store.queue(INBOX, max_items=INBOX_MAX, overflow=Overflow.REJECT)
-        self.outbox: DurableQueue = store.queue(
-            OUTBOX, max_items=OUTBOX_MAX, overflow=Overflow.REJECT
-        )
-        self._waiting: list[tuple[InboundEvent, float, asyncio.Future[int | None]]] = []
+        self._outboxes: dict[str, DurableQueue] = {}
+        self._waiting: list[_Waiting] = []
         self._flush_lock = asyncio.Lock()
+
+    def outbox(self, platform: str) -> PlatformOutbox:
+        """One platform's outbox."""
+        return PlatformOutbox(self._outbox_queue(platform))
+
+    def _outbox_queue(self, platform: str) -> DurableQueue:
+        if platform not in self._outboxes:
+            self._outboxes[platform] = self._store.queue(
+                OUTBOX_PREFIX + platform, max_items=OUTBOX_MAX, overflow=Overflow.REJECT
+            )
+        return self._outboxes[platform]
 
     async def accept(self, event: InboundEvent, now: float) -> int | None:
         """Write `event` to the inbox unless its key was seen; its inbox id, or None if seen.
@@ -78,23 +94,14 @@ class ChatLedger:
         async with self._flush_lock:
             if not future.done():
                 batch, self._waiting = self._waiting, []
-                await self._commit_accepts(batch)
+                entries = [(e, t) for e, t, _ in batch]
+                commit = asyncio.ensure_future(
+                    self._store.transaction(lambda tx: self._accept_all(tx, entries))
+                )
+                commit.add_done_callback(lambda done: self._settle(batch, done))
+                # The commit finishes even if this caller is cancelled: SQLite is already at it.
+                await asyncio.shield(commit)
         return await future
-
-    async def _commit_accepts(
-        self, batch: list[tuple[InboundEvent, float, asyncio.Future[int | None]]]
-    ) -> None:
-        entries = [(event, now) for event, now, _ in batch]
-        try:
-            ids = await self._store.transaction(lambda tx: self._accept_all(tx, entries))
-        except BaseException as err:
-            failure = err if isinstance(err, Exception) else RuntimeError("accept cancelled")
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(failure)
-            raise
-        for (_, _, future), item_id in zip(batch, ids, strict=True):
-            future.set_result(item_id)
 
     def _accept_all(
         self, tx: Transaction, entries: Sequence[tuple[InboundEvent, float]]
@@ -110,6 +117,20 @@ class ChatLedger:
             ids.append(item_id)
         return ids
 
+    def _settle(self, batch: list[_Waiting], commit: asyncio.Future[list[int | None]]) -> None:
+        """Tell the hub and every waiting caller how their commit went."""
+        if commit.cancelled() or commit.exception() is not None:
+            error = None if commit.cancelled() else commit.exception()
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(error or RuntimeError("the accept commit was cancelled"))
+            return
+        for (event, _, future), item_id in zip(batch, commit.result(), strict=True):
+            if item_id is not None and self._on_accepted is not None:
+                self._on_accepted(item_id, event)
+            if not future.done():
+                future.set_result(item_id)
+
     async def pending_events(self, limit: int, now: float) -> list[tuple[int, InboundEvent]]:
         """Up to `limit` inbox events not yet answered, oldest first."""
         return [(i.id, decode_event(i.payload)) for i in await self.inbox.peek(limit, now=now)]
@@ -117,37 +138,28 @@ class ChatLedger:
     async def answered(
         self,
         inbox_ids: Sequence[int],
-        replies: Sequence[tuple[str, str]],
+        replies: Sequence[tuple[str, OutboundMessage]],
         now: float,
         pairing: Pairing | None = None,
     ) -> list[int | None]:
-        """Queue `replies` (key, payload), drop the answered events, save `pairing`; one commit.
+        """Queue `replies` (platform, message), drop the answered events, save `pairing`.
 
-        Returns each reply's outbox id (None where that key was queued already).
+        One commit. Returns each reply's outbox id (None where its key was queued already).
         """
         state = None if pairing is None else json.dumps(pairing.to_dict())
+        queues = [self._outbox_queue(platform) for platform, _ in replies]
 
         def work(tx: Transaction) -> list[int | None]:
-            ids = tx.put(self.outbox, replies, now=now)
+            ids = [
+                tx.put(queue, [(message.idempotency_key, encode_reply(message))], now=now)[0]
+                for queue, (_, message) in zip(queues, replies, strict=True)
+            ]
             tx.ack(self.inbox, inbox_ids)
             if state is not None:
                 tx.set(PAIRING_KEY, state)
             return ids
 
         return await self._store.transaction(work)
-
-    async def pending_replies(self, limit: int, now: float) -> list[QueueItem]:
-        """Up to `limit` replies due for delivery, oldest first."""
-        return await self.outbox.peek(limit, now=now)
-
-    async def delivered(self, ids: Sequence[int]) -> None:
-        """Forget replies that were sent or can never be."""
-        if ids:
-            await self.outbox.ack(ids)
-
-    async def retry_later(self, item_id: int, not_before: float) -> None:
-        """Keep a reply for another attempt at `not_before`."""
-        await self.outbox.nack(item_id, not_before=not_before)
 
     async def forget_seen(self, before: float) -> int:
         """Drop dedupe keys older than `before`; how many."""
@@ -174,6 +186,30 @@ class ChatLedger:
         """Save pairing state now (an approval from the command line)."""
         await self._store.kv.set(PAIRING_KEY, json.dumps(pairing.to_dict()))
 
-    async def depths(self) -> dict[str, Any]:
-        """Messages waiting in the inbox and the outbox."""
-        return {"inbox": await self.inbox.depth(), "outbox": await self.outbox.depth()}
+    async def depths(self, platforms: Sequence[str]) -> dict[str, int]:
+        """Messages waiting in the inbox and in the outboxes of `platforms`, together."""
+        outbox = 0
+        for platform in platforms:
+            outbox += await self._outbox_queue(platform).depth()
+        return {"inbox": await self.inbox.depth(), "outbox": outbox}
+
+
+class PlatformOutbox:
+    """One platform's outbox, as its courier uses it."""
+
+    def __init__(self, queue: DurableQueue) -> None:
+        self._queue = queue
+
+    async def due(self, limit: int, now: float) -> list[tuple[QueueItem, OutboundMessage]]:
+        """Up to `limit` replies due at `now`, oldest first."""
+        items = await self._queue.peek(limit, now=now)
+        return [(item, decode_reply(item.payload)) for item in items]
+
+    async def delivered(self, ids: Sequence[int]) -> None:
+        """Forget replies that were sent or can never be."""
+        if ids:
+            await self._queue.ack(ids)
+
+    async def retry_later(self, item_id: int, not_before: float) -> None:
+        """Keep a reply for another attempt at `not_before`."""
+        await self._queue.nack(item_id, not_before=not_before)

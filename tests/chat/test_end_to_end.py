@@ -147,7 +147,7 @@ async def until(predicate: Callable[[], Any], timeout_s: float = 30.0) -> None:
 def _outbox_depth(db: Path) -> int:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         (count,) = conn.execute(
-            "SELECT COUNT(*) FROM queue_items WHERE queue = 'chat.outbox'"
+            "SELECT COUNT(*) FROM queue_items WHERE queue LIKE 'chat.outbox.%'"
         ).fetchone()
     return int(count)
 

@@ -52,8 +52,13 @@ async def answer(event: InboundEvent, trusted: bool) -> Answer:
 
 
 class Running:
-    def __init__(self, db_path: Path, adapter: RecordingAdapter) -> None:
-        self.db_path, self.adapter = db_path, adapter
+    def __init__(
+        self,
+        db_path: Path,
+        adapter: RecordingAdapter,
+        extra: dict[str, RecordingAdapter] | None = None,
+    ) -> None:
+        self.db_path, self.adapter, self.extra = db_path, adapter, extra or {}
 
     async def __aenter__(self) -> ChatHub:
         self.store = await Store.open(self.db_path)
@@ -64,9 +69,9 @@ class Running:
         self.hub = ChatHub(
             store=opened,
             answer=answer,
-            adapters={"fake": self.adapter},
+            adapters={"fake": self.adapter, **self.extra},
             clock=SystemClock(),
-            policies={"fake": PlatformPolicy(dm_policy="open")},
+            policies={name: PlatformPolicy(dm_policy="open") for name in ("fake", *self.extra)},
         )
         ctx = StandaloneContext("chat")
         self.task = asyncio.create_task(self.hub.run(ctx))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from appliance.chat.events import ChatKind, InboundEvent
+from appliance.chat.events import ChatKind, InboundEvent, OutboundMessage
 from appliance.chat.ledger import PAIRING_KEY, ChatLedger
 from appliance.chat.pairing import Pairing
 from appliance.store import Store
@@ -61,10 +61,13 @@ async def test_answering_queues_replies_and_drops_the_events_in_one_commit(
     before = store.transactions
     pairing = Pairing()
     pairing.request("fake", "s", 1.0)
-    [reply_id] = await ledger.answered([item_id], [("reply:fake:e1", "{}")], 2.0, pairing)
+    reply = OutboundMessage("c", "hello", idempotency_key="reply:fake:e1")
+    [reply_id] = await ledger.answered([item_id], [("fake", reply)], 2.0, pairing)
     assert store.transactions == before + 1
     assert reply_id is not None
-    assert await ledger.depths() == {"inbox": 0, "outbox": 1}
+    assert await ledger.depths(["fake", "other"]) == {"inbox": 0, "outbox": 1}
+    [(_, queued)] = await ledger.outbox("fake").due(5, 3.0)
+    assert queued == reply
     assert (await ledger.load_pairing()).to_dict() == pairing.to_dict()
 
 
