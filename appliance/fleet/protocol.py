@@ -189,6 +189,7 @@ class FleetProtocol:
         self._commands: OrderedDict[str, _Cached] = OrderedDict()
         self._rebirth_at: float | None = None
         self._desired_version: int | None = None
+        self._desired_errors: dict[str, str] = {}
 
     def set_command_keys(self, keys: Sequence[Ed25519PublicKey]) -> None:
         """Trust these keys (and only these) for signed commands from now on."""
@@ -495,11 +496,15 @@ class FleetProtocol:
         except PayloadError as err:
             _LOGGER.info("Ignoring a malformed desired state: %s", err)
             return [self._reported(now, {"(document)": "malformed"})]
-        if self._desired_version is not None and desired.version <= self._desired_version:
+        if self._desired_version is not None and desired.version < self._desired_version:
             return []
+        if desired.version == self._desired_version:
+            # The broker hands the retained document over again after every reconnect: confirm
+            # it again, since a report sent just before a silent disconnect may have been lost.
+            return [self._reported(now, self._desired_errors)]
         before = self.telemetry
         self.telemetry, errors = apply_desired(before, desired.desired)
-        self._desired_version = desired.version
+        self._desired_version, self._desired_errors = desired.version, dict(errors)
         outputs: list[Output] = []
         if self.telemetry.log_level != before.log_level:
             outputs.append(SetLogLevel(self.telemetry.log_level))

@@ -338,7 +338,16 @@ class TunerService:
             )
             self._board = run.board
             await self._saved.save(run.profile)
-            await self._engine.apply_profile(engine_profile(run.profile))
+            chosen = engine_profile(run.profile)
+            current = self._engine.snapshot()
+            unchanged = (current.get("threads"), current.get("xnnpack"), current.get("batch")) == (
+                chosen.settings.num_threads,
+                chosen.settings.xnnpack,
+                chosen.max_batch,
+            ) and str(current.get("runtime", "")).startswith(chosen.runtime or "")
+            if not unchanged:
+                await self._wait_idle()  # the reload holds the engine's thread: not mid-burst
+                await self._engine.apply_profile(chosen)
         except ApplianceError as err:
             self.state, self.last_error = "failed", f"{err.code}: {err}"
             _LOGGER.warning("Tuning failed (%s); the engine keeps its settings", err)
