@@ -61,6 +61,10 @@ STANDARD = Timing()
 QUICK = Timing(warmup_runs=2, min_runs=8, min_time_s=0.1, max_runs=500, max_time_s=1.0)
 
 
+class MeasurementInterrupted(Exception):
+    """Serving started while a measurement ran; the slice is repeated later."""
+
+
 class Bench(Protocol):
     """What the tuner needs from a bench: the model's manifest and two ways to measure."""
 
@@ -88,6 +92,9 @@ class ModelBench:
         self._runtimes = {r.name: r for r in runtimes}
         self.timing = timing
         self._clock = clock
+        # Checked between runs (from the measuring thread): True stops the measurement, so
+        # that a request arriving mid-slice gets the CPU back at once.
+        self.interrupted: Callable[[], bool] = lambda: False
         first = load_model(manifest_path, runtimes[0], Settings(num_threads=1))
         self.manifest = first.manifest
         self._tokenizer = first.tokenizer
@@ -136,6 +143,8 @@ class ModelBench:
             enough = len(timings) >= min_runs and elapsed >= min_time_s
             if enough or len(timings) >= self.timing.max_runs or elapsed >= self.timing.max_time_s:
                 return timings
+            if self.interrupted():
+                raise MeasurementInterrupted
             texts = _texts(len(timings), batch)
             call_started = self._clock()
             model.embed(texts)

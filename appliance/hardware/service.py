@@ -27,6 +27,7 @@ from appliance.hardware.machine import Machine
 from appliance.hardware.measure import (
     STANDARD,
     Bench,
+    MeasurementInterrupted,
     ModelBench,
     SliceRunner,
     Timing,
@@ -162,6 +163,7 @@ async def tune_model(
     probes: Probes = Probes(),
     timing: Timing = STANDARD,
     run_slice: SliceRunner | None = None,
+    interrupted: Callable[[], bool] | None = None,
     progress: Callable[[str], None] = lambda _line: None,
 ) -> TuningRun:
     """Probe, measure every candidate and decide; the caller persists and applies the result."""
@@ -172,6 +174,8 @@ async def tune_model(
         raise TuningError(f"No usable runtime to tune with (configured: {settings.runtime})")
     progress(f"board {machine.board} -> profile {board.id}; loading {manifest_path.name}")
     bench = await probes.offload(probes.bench, manifest_path, runtimes, timing)
+    if interrupted is not None and isinstance(bench, ModelBench):
+        bench.interrupted = interrupted
     budget_ms = settings.latency_budget_ms or bench.manifest.budget.p95_latency_ms
     candidates = candidate_space(
         board,
@@ -274,6 +278,7 @@ class TunerService:
         self.reason: str | None = None
         self.last_error: str | None = None
         self.discarded_slices = 0
+        self._slice_received = 0  # the engine's request count when the running slice began
         self._seen = (0, 0.0)
         self._board: BoardProfile | None = None
         self._watch = ThrottleWatch(settings.throttle_sustained_s, settings.retune_min_interval_s)
@@ -335,6 +340,7 @@ class TunerService:
                 probes=self._probes,
                 timing=self._timing,
                 run_slice=self._slice,
+                interrupted=lambda: self._engine.received != self._slice_received,
             )
             self._board = run.board
             await self._saved.save(run.profile)
@@ -361,11 +367,18 @@ class TunerService:
         )
 
     async def _slice(self, work: Callable[..., T], *args: Any) -> T:
-        """Run one measuring slice while the engine is idle; repeat it if serving overlapped."""
+        """Run one measuring slice while the engine is idle; repeat it if serving overlapped.
+
+        A bench that can be interrupted stops at its next run once a request arrives.
+        """
         while True:
             await self._wait_idle()
             before = self._engine.received
-            result: T = await self._probes.offload(work, *args)
+            self._slice_received = before
+            try:
+                result: T = await self._probes.offload(work, *args)
+            except MeasurementInterrupted:
+                result = None  # type: ignore[assignment]
             if self._engine.received == before:
                 return result
             self.discarded_slices += 1

@@ -8,7 +8,7 @@ import pytest
 
 from appliance.__main__ import main, render_tune
 from appliance.bootstrap import StandaloneContext
-from appliance.hardware.measure import QUICK, ModelBench, measure_candidates
+from appliance.hardware.measure import QUICK, MeasurementInterrupted, ModelBench, measure_candidates
 from appliance.hardware.tuner import Candidate, default_candidate
 from appliance.inference.engine import EngineProfile, InferenceEngine
 from appliance.inference.model import Settings
@@ -48,6 +48,21 @@ async def test_measuring_a_pair_interleaves_both(runtime: Runtime) -> None:
     first, second = await asyncio.to_thread(bench.measure_pair, a, b)
     assert (first.candidate, second.candidate) == (a, b)
     assert first.runs >= QUICK.min_runs and second.runs >= QUICK.min_runs
+
+
+async def test_a_request_arriving_stops_the_measurement_at_its_next_run(runtime: Runtime) -> None:
+    bench = await asyncio.to_thread(ModelBench, TINY, [runtime], QUICK)
+    runs = 0
+
+    def interrupted() -> bool:
+        nonlocal runs
+        runs += 1
+        return runs > 3  # a request arrives during the fourth run
+
+    bench.interrupted = interrupted
+    with pytest.raises(MeasurementInterrupted):
+        await asyncio.to_thread(bench.measure, default_candidate(runtime.name))
+    assert runs == 4, "it stopped at once, not at the end of the slice"
 
 
 async def test_the_engine_starts_on_the_saved_profile_and_can_change_it(runtime: Runtime) -> None:
