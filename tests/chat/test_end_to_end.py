@@ -236,3 +236,35 @@ async def test_kill_9_between_accept_and_reply_loses_nothing_and_posts_once(
     nonces = [p["nonce"] for p in discord.posts]
     assert len(nonces) == 3 and nonces[0] == nonces[1], "the reply in flight was sent again"
     assert all(p["enforce_nonce"] is True for p in discord.posts)
+
+
+async def test_kill_9_with_a_telegram_reply_in_flight_sends_it_at_most_once_more(
+    short_dir: Path, fakes: tuple[FakeDiscord, FakeTelegram]
+) -> None:
+    discord, telegram = fakes
+    config = await asyncio.to_thread(write_config, short_dir, discord, telegram, free_port())
+    appliance = Appliance(config, short_dir)
+    await appliance.start()
+    try:
+        await until(lambda: telegram.polls())
+        telegram.push("update_private_text")  # a stranger: the reply is a pairing code
+        await until(lambda: telegram.sent)
+        code = telegram.sent[0]["text"].split("Pairing code: ")[1][:8]
+        status, out = await appliance.cli("pair", "approve", code)
+        assert status == 0, out
+
+        telegram.hold_responses = True  # Telegram takes the reply but the answer never comes
+        update = telegram.push("update_private_text")
+        update["message"]["text"] = QUESTION
+        await until(lambda: len(telegram.sent) == 2)
+        await appliance.kill()
+        telegram.release()
+
+        await appliance.start()
+        await outbox_becomes(short_dir / "data" / "appliance.db", 0)
+        await asyncio.sleep(0.5)
+    finally:
+        await appliance.stop()
+    answers = [m for m in telegram.sent if m["text"].startswith(ENGINE_REPLY)]
+    assert len(answers) == 2, "Telegram has no idempotency key: sent again once, not more"
+    assert len(telegram.sent) == 3

@@ -113,6 +113,9 @@ class FakeTelegram:
         self.blocked_chats: set[int] = set()
         self.known_chats: set[int] = set()
         self.down: str | None = None
+        # Record sends but answer nobody until `release()`: a reply "in flight" at a crash.
+        self.hold_responses = False
+        self._released = asyncio.Event()
         self.port = 0
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
         self._update_ids = itertools.count(815_100_000)
@@ -127,6 +130,7 @@ class FakeTelegram:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self.release()
         self.down = "closed"
         self._wake()  # held polls answer at once instead of holding up the shutdown
         await self._stop_serving()
@@ -159,6 +163,11 @@ class FakeTelegram:
     def script(self, method: str, *replies: Reply) -> None:
         """Answer the next calls of `method` with `replies`, in order, before behaving again."""
         self._scripts[method].extend(replies)
+
+    def release(self) -> None:
+        """Stop holding sendMessage responses; held ones are answered now."""
+        self.hold_responses = False
+        self._released.set()
 
     async def go_down(self, mode: str = "refused") -> None:
         """Stop answering: "refused" closes the port, "502" answers as a proxy with no upstream."""
@@ -293,6 +302,8 @@ class FakeTelegram:
             return _reply(Reply.of("error_403_blocked"))
         self.sent.append(params)
         self.watch.poke()
+        if self.hold_responses:
+            await self._released.wait()
         message: dict[str, Any] = {
             "message_id": self._next_message_id(chat),
             "from": self.bot,
