@@ -42,6 +42,10 @@ class FakeClock:
         """How many sleeps are pending."""
         return sum(1 for _, _, f in self._sleepers if not f.done())
 
+    def deadlines(self) -> list[float]:
+        """When the pending sleeps end, in fake monotonic seconds, soonest first."""
+        return sorted(d for d, _, f in self._sleepers if not f.done())
+
     async def advance(self, delta_s: float) -> None:
         """Move time forward by `delta_s`, waking each sleeper at its own deadline in order."""
         target = self._now + delta_s

@@ -293,6 +293,15 @@ def _until(predicate: Any, timeout_s: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def _now(read: Any) -> Any:
+    """An async reader of a plain value, for `_until_async`."""
+
+    async def value() -> Any:
+        return read()
+
+    return value
+
+
 async def _until_async(read: Any, check: Any, timeout_s: float = 10.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not check(await read()):  # noqa: ASYNC110 - the store has no change event
@@ -399,6 +408,12 @@ async def test_reconnects_back_off_on_the_injected_clock(clock: FakeClock, store
     try:
         for sid, delay_s in ((1, 1.0), (2, 2.0), (3, 4.0)):
             await _until_async(lambda: store.kv.get("fleet.sid"), lambda v, s=sid: v == str(s))
+            # The refused CONNECT runs in a thread: wait until the backoff sleep has begun.
+            backoff_ends = clock.monotonic() + delay_s
+            await _until_async(
+                _now(clock.deadlines),
+                lambda ends, at=backoff_ends: any(abs(e - at) < 1e-6 for e in ends),
+            )
             await clock.advance(delay_s - 0.01)
             assert await store.kv.get("fleet.sid") == str(sid)
             await clock.advance(0.01)
