@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint bench docs models clean
+.PHONY: run test lint bench docs models image image-test clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,16 @@ models:
 		build/models/minilm_l6_int8_dynamic_eq.tflite build/models/build_report.json models/minilm
 	@cp build/models/build_report.json models/minilm/build_report.json
 	$(BUILD_VENV)/bin/python models/tiny/build.py models/minilm/tokenizer.json models/tiny
+
+## image: build build/appliance-<version>-arm64.img for Pi 4/400/CM4 (root; ~16 min, 5-8 min cached)
+APPLIANCE_VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' appliance/__init__.py)
+IMAGE := build/appliance-$(APPLIANCE_VERSION)-arm64.img
+image: $(STAMP)
+	$(PY) image/build.py
+
+## image-test: boot the image twice under QEMU virt: ready line, read-only root, /data kept
+image-test: $(STAMP)
+	$(PY) image/qemu_test.py $(IMAGE)
 
 clean:
 	rm -rf $(VENV) $(LEGACY) .dev-data build .pytest_cache .mypy_cache .ruff_cache
