@@ -459,6 +459,11 @@ def build_wheels(recipe: Recipe, cache: Path, work: Path, progress: Progress) ->
                 f"(glibc {recipe.glibc}) at the version in {recipe.lock}; see pip's message above"
             ) from err
     for wheel in target_cache.glob("*.whl"):
+        if wheel.name.startswith("pi_appliance-"):
+            # `pip download` of the project's own wheel leaves a copy in the cache; a stale
+            # one from an earlier checkout of the same version must never replace this build's.
+            wheel.unlink()
+            continue
         shutil.copy2(wheel, out / wheel.name)
     progress.note(f"{len(list(out.glob('*.whl')))} wheels, project wheel {own.name}")
     return out

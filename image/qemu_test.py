@@ -89,6 +89,12 @@ def verdict(console: Console) -> list[str]:
     """Every problem the console log shows; empty when both boots passed."""
     problems = list(console.failures)
     problems += [f"appliance not ready: {line}" for line in console.not_ready]
+    # Ready with a parked service is `degraded`: something on the image is broken.
+    problems += [
+        f"a service is parked: {line}"
+        for line in console.ready
+        if "parked" in _fields(line).get("not_ready", "")
+    ]
     if len(console.ready) < 2:
         problems.append(f"APPLIANCE-READY seen {len(console.ready)} times, expected one per boot")
     first, second = console.boots.get(1), console.boots.get(2)

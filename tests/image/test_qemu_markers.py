@@ -10,8 +10,8 @@ GOOD = """\
 [    0.000000] Booting Linux on physical CPU 0x0000000000 [0x410fd083]
 appliance-data: grow partition 3 of /dev/vda: done
 appliance-data: /dev/vda3 grown to 1464 MiB
-APPLIANCE-READY version=0.1.0 state=degraded not_ready=[skills:parked] uptime_s=41.20
-APPLIANCE-SERVICE skills parked restarts=3 last_error=boom
+APPLIANCE-READY version=0.1.0 state=ready not_ready=[] uptime_s=41.20
+APPLIANCE-SERVICE leds backoff restarts=1 last_error=boom
 IMAGE-TEST boot=1 root=squashfs,ro data_mib=1430 token=abc-1 release=0123abcd failed=[]
 IMAGE-TEST REBOOT
 [   40.1] reboot: Restarting system
@@ -26,8 +26,16 @@ def test_two_good_boots_pass() -> None:
     console = qemu.parse_console(GOOD)
     assert len(console.ready) == 2 and console.done
     assert console.boots[1]["token"] == "abc-1"
-    assert console.services == ["skills parked restarts=3 last_error=boom"]
+    assert console.services == ["leds backoff restarts=1 last_error=boom"]
     assert qemu.verdict(console) == []
+
+
+def test_a_parked_service_fails_the_boot() -> None:
+    text = GOOD.replace(
+        "state=ready not_ready=[] uptime_s=41.20",
+        "state=degraded not_ready=[skills:parked] uptime_s=41.20",
+    )
+    assert any("parked" in p for p in qemu.verdict(qemu.parse_console(text)))
 
 
 def test_lost_file_changed_root_and_failed_units_are_each_reported() -> None:
