@@ -40,3 +40,16 @@ class SystemClock:
     async def sleep(self, delay_s: float) -> None:
         """Sleep on the event loop."""
         await asyncio.sleep(delay_s)
+
+
+async def wait_for(event: asyncio.Event, clock: Clock, timeout_s: float) -> bool:
+    """Until `event` is set (True) or `timeout_s` passes on `clock` (False)."""
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    sleeper = asyncio.ensure_future(clock.sleep(timeout_s))
+    await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (waiter, sleeper):
+        task.cancel()
+    await asyncio.gather(waiter, sleeper, return_exceptions=True)
+    return event.is_set()

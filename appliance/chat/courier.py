@@ -22,7 +22,7 @@ from typing import Protocol
 from appliance.chat.adapter import Adapter
 from appliance.chat.events import OutboundMessage
 from appliance.chat.ratelimit import Limit, RateLimits
-from appliance.clock import Clock
+from appliance.clock import Clock, wait_for
 from appliance.store import QueueItem
 
 _LOGGER = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class Courier:
         self._fresh.clear()
         self._next_scan_at = -math.inf
         while True:
-            await self._wait(POLL_S)
+            await wait_for(self._wake, self._clock, POLL_S)
             self._wake.clear()
             if not self._ready:
                 continue
@@ -151,14 +151,3 @@ class Courier:
     async def _hold(self, outbox: Outbox, item_id: int, chat: str, until: float) -> None:
         self._held[chat] = until
         await outbox.retry_later(item_id, until)
-
-    async def _wait(self, timeout_s: float) -> None:
-        """Until woken or `timeout_s` passes on the injected clock."""
-        if self._wake.is_set():
-            return
-        waiter = asyncio.ensure_future(self._wake.wait())
-        sleeper = asyncio.ensure_future(self._clock.sleep(timeout_s))
-        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (waiter, sleeper):
-            task.cancel()
-        await asyncio.gather(waiter, sleeper, return_exceptions=True)

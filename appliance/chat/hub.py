@@ -44,7 +44,7 @@ from appliance.chat.policy import (
     decide,
 )
 from appliance.chat.ratelimit import Limit
-from appliance.clock import Clock
+from appliance.clock import Clock, wait_for
 from appliance.inference.engine import EngineNotReadyError
 from appliance.skills.responder import Answer
 from appliance.store import Store
@@ -229,7 +229,7 @@ class ChatHub:
 
     async def _answer_loop(self, ledger: ChatLedger) -> None:
         while True:
-            await self._wait(self._inbox_wake, POLL_S)
+            await wait_for(self._inbox_wake, self._clock, POLL_S)
             self._inbox_wake.clear()
             while batch := await self._next_events(ledger):
                 if not await self._answer_batch(ledger, batch):
@@ -378,14 +378,3 @@ class ChatHub:
             if forgotten:
                 _LOGGER.debug("Forgot %s dedupe keys older than a week", forgotten)
             await self._clock.sleep(FORGET_EVERY_S)
-
-    async def _wait(self, event: asyncio.Event, timeout_s: float) -> None:
-        """Until `event` is set or `timeout_s` passes on the injected clock."""
-        if event.is_set():
-            return
-        waiter = asyncio.ensure_future(event.wait())
-        sleeper = asyncio.ensure_future(self._clock.sleep(timeout_s))
-        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (waiter, sleeper):
-            task.cancel()
-        await asyncio.gather(waiter, sleeper, return_exceptions=True)
